@@ -1,0 +1,64 @@
+# GradeFlow: train, track, register, approve, export, serve, monitor, detect drift, retrain.
+# `make help` lists the targets. Everything installs itself: uv from PyPI if missing, then the
+# locked workspace into .venv.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+PY := $(CURDIR)/.venv/bin/python
+PYTEST_ARGS ?=
+export COMPOSE_BAKE := false
+
+.PHONY: help install up start down train test test-unit test-integration lint format bench demo \
+        compose-up compose-down compose-test uci-benchmark drift-quality clean
+
+help: ## Show this help
+	@echo "GradeFlow - make targets:"
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@echo ""
+	@echo "Quick start:  make up    (the platform as local processes, UI links printed)"
+	@echo "              make test  (all tests)"
+
+$(CURDIR)/.tools/bin/uv:
+	@echo "uv not found: installing it from PyPI into .tools/"
+	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
+
+.venv/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml | $(UV)
+	$(UV) sync --all-packages --frozen
+	@touch $@
+
+install: .venv/.synced ## Install uv (if missing) and the locked workspace into .venv
+
+up: install ## Run all four services locally (SQLite, ./data); Ctrl-C stops them
+	$(PY) scripts/up.py up
+
+start: install ## Like `make up` but in the background (`make down` stops it)
+	$(PY) scripts/up.py start
+
+down: install ## Stop a platform started with `make start`
+	$(PY) scripts/up.py down
+
+train: install ## Train once on DATASET (default: synthetic) and exit (needs the MLflow server: make start)
+	$(PY) -m gradeflow_trainer train
+
+test: install ## Run every test (unit, integration with real processes, end-to-end)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## Run the fast tests only (no real processes)
+	$(PY) -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+lint: install ## ruff (lint + format check), mypy, and the GitHub workflow check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy shared/src services/*/src
+
+format: install ## Format the code with ruff
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+uci-benchmark: install ## Our default pipeline vs a 300-tree random forest and naive on the UCI files
+	$(PY) scripts/uci_benchmark.py
+
+clean: ## Remove caches (keeps ./data)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,144 @@
+"""Cross-service request/response models (used by both ends of every HTTP call)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
+# ---------------------------------------------------------------- trainer
+class RetrainRequest(BaseModel):
+    """Body of the trainer's ``POST /retrain``."""
+
+    reason: str = Field(default="manual", description="Why a retrain is asked for (shown in the job).")
+    monitor_run_id: str | None = Field(default=None, description="The monitor run that triggered it.")
+    use_production_data: bool = Field(
+        default=True, description="Also train on labelled production data pulled from inference."
+    )
+
+
+class GateDecision(BaseModel):
+    """The approval gate's verdict on a challenger."""
+
+    promoted: bool
+    reason: str
+    challenger_version: int | None = None
+    champion_version: int | None = None
+    metric: str = "rmse"
+    margin: float = 0.0
+    challenger: dict[str, float] = Field(default_factory=dict)  # metrics per evaluation set
+    champion: dict[str, float] = Field(default_factory=dict)
+    evaluated_on: list[str] = Field(default_factory=list)  # e.g. ["base_holdout", "recent_labelled"]
+
+
+class TrainResult(BaseModel):
+    run_id: str
+    version: int
+    model_name: str
+    metrics: dict[str, float]
+    decision: GateDecision
+    exported: bool
+    export_dir: str | None = None
+    rows: dict[str, int] = Field(default_factory=dict)  # train / test / production rows
+
+
+class Job(BaseModel):
+    """A trainer job as answered by ``POST /retrain`` and ``GET /jobs/{id}``."""
+
+    id: str
+    kind: str = "retrain"
+    state: JobState
+    progress: float = 0.0  # 0..1
+    stage: str = ""
+    reason: str = ""
+    monitor_run_id: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: TrainResult | None = None
+    error: str | None = None
+
+
+class PromoteRequest(BaseModel):
+    version: int = Field(description="Model version to make champion.")
+    reason: str = "manual promotion"
+
+
+class RollbackRequest(BaseModel):
+    reason: str = "manual rollback"
+
+
+class PromotionEvent(BaseModel):
+    at: datetime
+    model_name: str
+    version: int
+    previous_version: int | None
+    action: Literal["promote", "rollback", "gate"]
+    reason: str
+
+
+# ---------------------------------------------------------------- inference
+class PredictionItem(BaseModel):
+    request_id: str
+    prediction: float
+
+
+class PredictResponse(BaseModel):
+    model_version: int
+    predictions: list[PredictionItem]
+
+
+class FeedbackItem(BaseModel):
+    request_id: str
+    actual: float
+
+
+class FeedbackRequest(BaseModel):
+    items: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    unknown_request_ids: list[str] = Field(default_factory=list)
+
+
+class LoggedPrediction(BaseModel):
+    """One row of ``GET /predictions``."""
+
+    id: int
+    request_id: str
+    ts: datetime
+    model_version: int
+    features: dict[str, Any]
+    prediction: float
+    latency_ms: float
+    actual: float | None = None
+    feedback_at: datetime | None = None
+
+
+class PredictionPage(BaseModel):
+    items: list[LoggedPrediction]
+    next_since_id: int | None = Field(description="Pass as since_id to get the next page; None at the end.")
+
+
+# ---------------------------------------------------------------- monitor
+class DriftVerdict(BaseModel):
+    """``GET /drift`` of the monitor (latest run)."""
+
+    run_id: str | None
+    at: datetime | None = None
+    model_version: int | None = None
+    rows: int = 0
+    drift_share: float | None = None
+    dataset_drift: bool = False
+    degraded: bool = False
+    drifted_columns: list[str] = Field(default_factory=list)
+    performance: dict[str, float] = Field(default_factory=dict)
+    action: str = "none"
+    action_reason: str = ""
+    report_url: str | None = None
+    retrain_job_id: str | None = None

@@ -1,0 +1,284 @@
+"""The export format on the shared model volume, and its atomic publish / read.
+
+Layout of ``MODEL_DIR``::
+
+    MODEL_DIR/
+      current -> versions/v000003-20261127T130501Z   (relative symlink, swapped atomically)
+      versions/v000003-20261127T130501Z/
+        manifest.json        (this module's ``Manifest``)
+        model.joblib         (the fitted scikit-learn Pipeline; joblib = pickle: check sha256 first)
+        model.onnx           (the same pipeline compiled with skl2onnx, verified against sklearn)
+        reference.csv        (a sample of the training data with the target, for the monitor)
+      history.jsonl          (one line per publish: version, dir, reason, time)
+
+Writers build a complete version directory under ``.staging-*`` first, fsync it, rename it
+into ``versions/`` and then swap ``current`` with ``os.replace`` on a new symlink. A reader
+resolves ``current`` once (``resolve_current``) and reads every file from that resolved
+directory, so it never mixes two exports and never sees a partial one. A writer killed at
+any point leaves the previous ``current`` intact. The newest ``keep`` versions are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .errors import ExportError
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.joblib"
+ONNX_FILE = "model.onnx"
+REFERENCE_FILE = "reference.csv"
+CURRENT = "current"
+VERSIONS = "versions"
+HISTORY = "history.jsonl"
+FORMAT_VERSION = 1
+
+
+class FeatureSpec(BaseModel):
+    """One input feature of the serving model."""
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    dtype: Literal["int", "float", "str", "bool"] = "float"
+    categories: list[str] | None = None  # categorical: values seen in training
+    min: float | None = None  # numeric: hard lower bound (requests below -> 422)
+    max: float | None = None  # numeric: hard upper bound (requests above -> 422)
+    train_min: float | None = None  # numeric: observed in training (informational)
+    train_max: float | None = None
+    nullable: bool = True  # missing values are imputed inside the pipeline
+    description: str = ""
+
+
+class FileEntry(BaseModel):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: everything a reader needs, without MLflow."""
+
+    format_version: int = FORMAT_VERSION
+    model_name: str
+    version: int
+    run_id: str
+    model_uri: str = ""
+    dataset: str = ""
+    dataset_fingerprint: str = ""
+    target: str
+    target_min: float | None = None
+    target_max: float | None = None
+    features: list[FeatureSpec]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    files: dict[str, FileEntry] = Field(default_factory=dict)  # keys: model, onnx, reference
+    onnx_max_abs_diff: float | None = None  # verified against sklearn on the reference sample
+    libraries: dict[str, str] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    reason: str = ""
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(directory: Path, name: str) -> FileEntry:
+    p = directory / name
+    return FileEntry(path=name, sha256=sha256_file(p), bytes=p.stat().st_size)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def resolve_current(model_dir: Path) -> Path | None:
+    """The directory ``current`` points to right now, or None when nothing is exported."""
+    link = Path(model_dir) / CURRENT
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None
+    resolved = (link.parent / target).resolve()
+    return resolved if resolved.is_dir() else None
+
+
+def read_manifest(export_dir: Path) -> Manifest:
+    try:
+        raw = (Path(export_dir) / MANIFEST_FILE).read_text()
+        return Manifest.model_validate_json(raw)
+    except FileNotFoundError as exc:
+        raise ExportError(f"no {MANIFEST_FILE} in {export_dir}") from exc
+    except ValueError as exc:
+        raise ExportError(f"unreadable {MANIFEST_FILE} in {export_dir}: {exc}") from exc
+
+
+def verify_files(export_dir: Path, manifest: Manifest, keys: tuple[str, ...] = ("model",)) -> None:
+    """Check size and sha256 of the named files against the manifest (raise ExportError)."""
+    for key in keys:
+        entry = manifest.files.get(key)
+        if entry is None:
+            raise ExportError(f"manifest of version {manifest.version} lists no '{key}' file")
+        path = Path(export_dir) / entry.path
+        if not path.is_file():
+            raise ExportError(f"{key} file {path} is missing")
+        if path.stat().st_size != entry.bytes:
+            raise ExportError(
+                f"{key} file {path} has {path.stat().st_size} bytes, manifest says {entry.bytes}"
+            )
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise ExportError(f"{key} file {path} sha256 {digest[:12]} != manifest {entry.sha256[:12]}")
+
+
+def read_current(model_dir: Path) -> tuple[Path, Manifest] | None:
+    export_dir = resolve_current(model_dir)
+    if export_dir is None:
+        return None
+    return export_dir, read_manifest(export_dir)
+
+
+def publish(
+    model_dir: Path,
+    manifest: Manifest,
+    write_files: Callable[[Path], None],
+    keep: int = 5,
+    hook: Callable[[str], None] | None = None,
+) -> Path:
+    """Atomically publish a new export and point ``current`` to it.
+
+    ``write_files(staging_dir)`` writes the model, onnx and reference files; this function
+    fills in their checksums, writes ``manifest.json`` last, fsyncs, renames the directory
+    into ``versions/`` and swaps the ``current`` symlink. ``hook(stage)`` is called between
+    steps (tests use it to kill the writer mid-export).
+    """
+    model_dir = Path(model_dir)
+    versions = model_dir / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    name = f"v{manifest.version:06d}-{stamp}"
+    staging = model_dir / f".staging-{name}-{os.getpid()}"
+    staging.mkdir()
+    try:
+        write_files(staging)
+        if hook:
+            hook("files-written")
+        files = {}
+        for key, fname in (("model", MODEL_FILE), ("onnx", ONNX_FILE), ("reference", REFERENCE_FILE)):
+            if (staging / fname).exists():
+                files[key] = file_entry(staging, fname)
+        manifest = manifest.model_copy(update={"files": files})
+        (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+        _fsync_tree(staging)
+        if hook:
+            hook("manifest-written")
+        final = versions / name
+        os.rename(staging, final)
+        _fsync_dir(versions)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if hook:
+        hook("renamed")
+    point_current(model_dir, final, reason=manifest.reason, version=manifest.version)
+    prune(model_dir, keep=keep)
+    return final
+
+
+def point_current(model_dir: Path, export_dir: Path, reason: str = "", version: int | None = None) -> None:
+    """Swap ``current`` to ``export_dir`` atomically (a new symlink renamed over the old one)."""
+    model_dir = Path(model_dir)
+    rel = os.path.relpath(export_dir, model_dir)
+    tmp = model_dir / f".current-{os.getpid()}-{time.monotonic_ns()}"
+    os.symlink(rel, tmp)
+    os.replace(tmp, model_dir / CURRENT)
+    _fsync_dir(model_dir)
+    with open(model_dir / HISTORY, "a") as fh:
+        fh.write(
+            json.dumps(
+                {"at": datetime.now(UTC).isoformat(), "dir": rel, "version": version, "reason": reason}
+            )
+            + "\n"
+        )
+
+
+def list_exports(model_dir: Path) -> list[Path]:
+    """Complete exports (with a manifest), oldest first."""
+    versions = Path(model_dir) / VERSIONS
+    if not versions.is_dir():
+        return []
+    return sorted(p for p in versions.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file())
+
+
+def find_export(model_dir: Path, version: int) -> Path | None:
+    """The newest complete export of a model version, if one is kept."""
+    for p in reversed(list_exports(model_dir)):
+        if p.name.startswith(f"v{version:06d}-"):
+            return p
+    return None
+
+
+def prune(model_dir: Path, keep: int = 5) -> None:
+    """Keep the newest ``keep`` exports (and the current one); drop stale staging dirs."""
+    model_dir = Path(model_dir)
+    current = resolve_current(model_dir)
+    exports = list_exports(model_dir)
+    for p in exports[:-keep] if keep > 0 else []:
+        if current is not None and p.resolve() == current:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+    for p in model_dir.glob(".staging-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - p.stat().st_mtime > 3600:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def manifest_summary(m: Manifest) -> dict[str, Any]:
+    return {"model_name": m.model_name, "version": m.version, "run_id": m.run_id, "metrics": m.metrics}
