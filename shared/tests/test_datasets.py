@@ -1,0 +1,230 @@
+"""Dataset specs and loading: builtins load, malformed files fail naming the column."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradeflow_shared.datasets import (
+    ColumnSpec,
+    DatasetSpec,
+    default_data_root,
+    feature_specs,
+    fingerprint,
+    load_dataset,
+    load_spec,
+)
+from gradeflow_shared.errors import DatasetError
+
+DATA = Path("/work/shared/data")
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    root = default_data_root()
+    if not (root / "uci-student-performance" / "student-por.csv").is_file():
+        if (DATA / "uci-student-performance").is_dir():
+            return DATA
+        pytest.skip(f"public student CSVs not found under {root} (set GRADEFLOW_DATA_ROOT)")
+    return root
+
+
+# ------------------------------------------------------------------ builtins
+def test_synthetic_builtin() -> None:
+    spec = load_spec("synthetic")
+    spec.rows = 300
+    X, y, cols = load_dataset(spec)
+    assert len(X) == 300 and y.name == "final_grade" and "final_grade" not in X.columns
+    assert [c.name for c in cols] == list(X.columns)
+    assert X["study_hours_per_week"].dtype == float and X["school_type"].dtype == object
+
+
+@pytest.mark.parametrize("name, rows", [("uci-por", 649), ("uci-mat", 395)])
+def test_uci_builtins_drop_the_leaking_grades(data_root: Path, name: str, rows: int) -> None:
+    spec = load_spec(name, data_root=data_root)
+    assert spec.sep == ";" and spec.target == "G3"
+    X, y, cols = load_dataset(spec)
+    assert len(X) == rows and X.shape[1] == 30
+    assert "G1" not in X.columns and "G2" not in X.columns and "G3" not in X.columns
+    kinds = {c.name: c.kind for c in cols}
+    # "absences" is quoted in the file ("4"): it must still come back numeric
+    assert kinds["absences"] == "numeric" and kinds["age"] == "numeric" and kinds["school"] == "categorical"
+    assert X["absences"].dtype == float and y.between(0, 20).all()
+
+
+def test_spf_keeps_missing_values(data_root: Path) -> None:
+    X, y, cols = load_dataset(load_spec("spf", data_root=data_root))
+    assert len(X) == 6607 and y.name == "Exam_Score"
+    assert X.isna().sum().sum() > 0  # Teacher_Quality etc. have blanks: kept, not dropped
+    assert {c.name: c.kind for c in cols}["Hours_Studied"] == "numeric"
+
+
+def test_sp_renames_spaced_columns(data_root: Path) -> None:
+    X, y, cols = load_dataset(load_spec("sp", data_root=data_root))
+    assert len(X) == 10000 and y.name == "performance_index"
+    assert "hours_studied" in X.columns and "Hours Studied" not in X.columns
+    assert {c.name: c.kind for c in cols}["extracurricular_activities"] == "categorical"
+
+
+def test_unknown_name_is_refused() -> None:
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
+        load_spec("nope")
+
+
+def test_json_spec_relative_path(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b,score\n1,x,3\n2,y,4\n")
+    spec = DatasetSpec(
+        name="tiny",
+        path="d.csv",
+        target="score",
+        columns=[
+            ColumnSpec(name="a", kind="numeric", dtype="int", min=0, max=5),
+            ColumnSpec(name="b", kind="categorical", dtype="str", categories=["x", "y"]),
+        ],
+    )
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    loaded = load_spec(str(tmp_path / "spec.json"))
+    assert loaded.path == str(tmp_path / "d.csv")
+    X, y, cols = load_dataset(loaded)
+    assert list(X.columns) == ["a", "b"] and y.tolist() == [3.0, 4.0]
+
+
+# ------------------------------------------------------------------ malformed files
+def _spec(path: Path, **kw: object) -> DatasetSpec:
+    return DatasetSpec(name="t", path=str(path), target=kw.pop("target", "grade"), **kw)  # type: ignore[arg-type]
+
+
+def test_missing_target_names_it(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("a,b\n1,2\n")
+    with pytest.raises(DatasetError, match="target column 'grade' is missing"):
+        load_dataset(_spec(p))
+
+
+def test_missing_declared_column_names_it(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("a,grade\n1,2\n")
+    cols = [ColumnSpec(name="a", kind="numeric"), ColumnSpec(name="hours", kind="numeric")]
+    with pytest.raises(DatasetError, match="declared column 'hours' is missing") as exc:
+        load_dataset(_spec(p, columns=cols))
+    assert exc.value.details["column"] == "hours"
+
+
+def test_non_numeric_value_names_column_value_and_row(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("hours,grade\n1,10\n2,11\nthree,12\n4,13\n")
+    cols = [ColumnSpec(name="hours", kind="numeric")]
+    with pytest.raises(DatasetError) as exc:
+        load_dataset(_spec(p, columns=cols))
+    msg = str(exc.value)
+    assert "'hours'" in msg and "'three'" in msg and "row 3" in msg
+
+
+def test_inferred_numeric_column_with_a_stray_string(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},{i % 7}" for i in range(40))
+    p = tmp_path / "f.csv"
+    p.write_text("hours,grade\n" + rows + "\nn/a?,3\n")
+    with pytest.raises(DatasetError, match="numeric column 'hours'.*'n/a\\?'"):
+        load_dataset(_spec(p))
+
+
+def test_non_numeric_target(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("a,grade\n1,10\n2,A+\n")
+    with pytest.raises(DatasetError, match="'grade'.*'A\\+'"):
+        load_dataset(_spec(p))
+
+
+def test_empty_and_header_only_files(tmp_path: Path) -> None:
+    p = tmp_path / "empty.csv"
+    p.write_text("")
+    with pytest.raises(DatasetError, match="empty"):
+        load_dataset(_spec(p))
+    h = tmp_path / "header.csv"
+    h.write_text("a,grade\n")
+    with pytest.raises(DatasetError, match="no rows"):
+        load_dataset(_spec(h))
+
+
+def test_wrong_separator_is_explained(tmp_path: Path) -> None:
+    p = tmp_path / "semi.csv"
+    p.write_text("a;b;grade\n1;2;3\n")
+    with pytest.raises(DatasetError, match="single column.*wrong separator.*';'"):
+        load_dataset(_spec(p))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(_spec(tmp_path / "nope.csv"))
+
+
+def test_bad_values_are_kept_not_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("hours,kind,grade\n1,x,10\n,y,11\n99,z,12\n3,,\n4,x,13\n")
+    cols = [
+        ColumnSpec(name="hours", kind="numeric", min=0, max=40),
+        ColumnSpec(name="kind", kind="categorical", dtype="str", categories=["x", "y"]),
+    ]
+    with caplog.at_level(logging.INFO, logger="gradeflow_shared.datasets"):
+        X, y, _ = load_dataset(_spec(p, columns=cols))
+    # the row with a missing target is dropped and counted; the rest stays as is
+    assert len(X) == 4 and y.tolist() == [10, 11, 12, 13]
+    assert np.isnan(X.loc[1, "hours"]) and X.loc[2, "hours"] == 99 and X.loc[2, "kind"] == "z"
+    text = caplog.text
+    assert "dropping 1 of 5 rows with a missing target" in text
+    assert "outside [0.0, 40.0]" in text and "outside its categories" in text
+
+
+def test_renames_then_drop(tmp_path: Path) -> None:
+    p = tmp_path / "f.csv"
+    p.write_text("Hours Studied,Secret,Final Score\n1,9,10\n2,9,11\n")
+    X, y, _ = load_dataset(
+        _spec(p, target="score", renames={"Hours Studied": "hours", "Final Score": "score"}, drop=["Secret"])
+    )
+    assert list(X.columns) == ["hours"] and y.tolist() == [10, 11]
+
+
+# ------------------------------------------------------------------ helpers
+def test_fingerprint_is_canonical_and_sensitive() -> None:
+    df = pd.DataFrame({"a": [1.0, 2.0], "b": ["x", None]})
+    assert fingerprint(df) == fingerprint(df[["b", "a"]].set_index(pd.Index([7, 8])))
+    changed = df.copy()
+    changed.loc[1, "a"] = 2.5
+    assert fingerprint(changed) != fingerprint(df)
+    assert len(fingerprint(df)) == 64
+
+
+def test_feature_specs_record_bounds_and_what_training_saw() -> None:
+    X = pd.DataFrame({"h": [1.0, np.nan, 7.0], "k": ["x", "y", np.nan]})
+    cols = [
+        ColumnSpec(name="h", kind="numeric", dtype="float", min=0, max=40),
+        ColumnSpec(name="k", kind="categorical", dtype="str", categories=["x", "y", "z"]),
+    ]
+    h, k = feature_specs(cols, X)
+    assert (h.kind, h.min, h.max, h.train_min, h.train_max) == ("numeric", 0, 40, 1.0, 7.0)
+    assert k.kind == "categorical" and k.categories == ["x", "y"]
+
+
+def test_data_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "kaggle-student-performance-mlr"
+    folder.mkdir()
+    (folder / "Student_Performance.csv").write_text(
+        "Hours Studied,Previous Scores,Extracurricular Activities,Sleep Hours,"
+        "Sample Question Papers Practiced,Performance Index\n7,99,Yes,9,1,91.0\n4,82,No,4,2,65.0\n"
+    )
+    monkeypatch.setenv("GRADEFLOW_DATA_ROOT", str(tmp_path))
+    spec = load_spec("sp")
+    assert spec.path == str(folder / "Student_Performance.csv")
+    X, y, _ = load_dataset(spec)
+    assert y.tolist() == [91.0, 65.0] and X.loc[0, "extracurricular_activities"] == "Yes"
+
+
+def test_invalid_json_spec(tmp_path: Path) -> None:
+    p = tmp_path / "spec.json"
+    p.write_text('{"name": "x"}')  # no target
+    with pytest.raises(DatasetError, match="invalid dataset spec"):
+        load_spec(str(p))
