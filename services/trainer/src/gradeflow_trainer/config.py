@@ -1,0 +1,139 @@
+"""Settings of the trainer service (environment variables, read once by ``get_settings()``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from gradeflow_shared.settings import BaseServiceSettings
+
+
+class TrainerSettings(BaseServiceSettings):
+    """Every variable the trainer reads (no prefix)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    trainer_port: int = Field(default=8001, description="Port of the trainer's HTTP API (TRAINER_PORT).")
+    mlflow_tracking_uri: str = Field(
+        default="http://127.0.0.1:5000",
+        description="URL of the MLflow tracking server and registry (MLFLOW_TRACKING_URI); the trainer "
+        "talks to it over HTTP only.",
+    )
+    mlflow_ui_url: str = Field(
+        default="",
+        description="Public URL of the MLflow UI used in links (MLFLOW_UI_URL); default MLFLOW_TRACKING_URI.",
+    )
+    experiment_name: str = Field(
+        default="gradeflow-student-grade",
+        description="MLflow experiment of the training runs (EXPERIMENT_NAME).",
+    )
+    dataset: str = Field(
+        default="synthetic",
+        description="Base training data (DATASET): 'synthetic', a builtin name (uci-por, uci-mat, spf, sp) or "
+        "the path of a JSON dataset spec.",
+    )
+    dataset_root: str = Field(
+        default="",
+        description="Folder that relative CSV paths of builtin datasets are resolved against (DATASET_ROOT); "
+        "default: GRADEFLOW_DATA_ROOT or the repository's shared/data.",
+    )
+    model_name: str = Field(default="student-grade", description="Registered model name (MODEL_NAME).")
+    admin_token: str = Field(
+        default="",
+        description="Bearer token of the admin endpoints /retrain, /promote, /rollback (ADMIN_TOKEN). "
+        "Empty: every admin call is refused with 401.",
+    )
+    promotion_min_improvement: float = Field(
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
+        description="Relative RMSE improvement a challenger needs over the champion (or, for a first model, "
+        "over the naive baseline) on the same evaluation data (PROMOTION_MIN_IMPROVEMENT; 0.01 = 1%).",
+    )
+    gate_base_tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="When labelled production data decides and it is NOT drifted, the challenger may be at "
+        "most this much worse (relative RMSE) than the champion on the base holdout (GATE_BASE_TOLERANCE).",
+    )
+    gate_drift_ratio: float = Field(
+        default=0.15,
+        ge=0.0,
+        description="The labelled production data counts as drifted when the champion's RMSE on it exceeds "
+        "its base-holdout RMSE by more than this ratio (GATE_DRIFT_RATIO); then the base holdout no longer "
+        "blocks a promotion.",
+    )
+    export_keep: int = Field(
+        default=5, ge=1, description="Exported versions kept on MODEL_DIR (EXPORT_KEEP)."
+    )
+    reference_rows: int = Field(
+        default=2000,
+        ge=50,
+        description="Rows of the reference sample written with an export (REFERENCE_ROWS).",
+    )
+    train_on_start: bool = Field(
+        default=True,
+        description="At start-up, when the registry has no champion, start a first training job "
+        "(TRAIN_ON_START).",
+    )
+    train_search: bool = Field(
+        default=True,
+        description="Run the hyper-parameter / model-family search (TRAIN_SEARCH); false fits the default "
+        "model only (fast, used by tests).",
+    )
+    test_size: float = Field(
+        default=0.2, gt=0.0, lt=0.9, description="Holdout share of the base data (TEST_SIZE)."
+    )
+    seed: int = Field(default=0, description="Random seed of split, search and model (SEED).")
+    inference_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Inference service to pull labelled production rows from (INFERENCE_URL; "
+        "GET /predictions?labelled=true). Empty: train on the base data only. Unreachable: a warning, "
+        "base data only.",
+    )
+    production_min_rows: int = Field(
+        default=50,
+        ge=2,
+        description="Fewest labelled production rows worth using (PRODUCTION_MIN_ROWS); below it retraining "
+        "uses the base data only.",
+    )
+    production_max_rows: int = Field(
+        default=50_000, ge=1, description="Most recent labelled production rows pulled (PRODUCTION_MAX_ROWS)."
+    )
+    production_holdout: float = Field(
+        default=0.3,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the labelled production rows (the most recent ones) held out to judge "
+        "challenger and champion on the current distribution (PRODUCTION_HOLDOUT).",
+    )
+    production_weight: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Each labelled production training row is repeated this many times so the recent "
+        "distribution weighs more than the base data (PRODUCTION_WEIGHT); 0 = automatic: as many times as "
+        "makes the production rows weigh as much as the base training rows (at most 10).",
+    )
+
+    def effective_production_weight(self, base_rows: int, production_rows: int) -> int:
+        """PRODUCTION_WEIGHT, or the automatic weight when it is 0."""
+        if self.production_weight:
+            return self.production_weight
+        if production_rows <= 0:
+            return 1
+        return max(1, min(10, round(base_rows / production_rows)))
+    mlflow_wait: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for the MLflow server at start-up (MLFLOW_WAIT)."
+    )
+
+    @property
+    def ui_url(self) -> str:
+        return (self.mlflow_ui_url or self.mlflow_tracking_uri).rstrip("/")
+
+
+@lru_cache
+def get_settings() -> TrainerSettings:
+    return TrainerSettings()
