@@ -1,0 +1,117 @@
+"""Settings of the monitor (environment variables, read once by ``get_settings()``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from gradeflow_shared.settings import BaseServiceSettings
+
+
+class MonitorSettings(BaseServiceSettings):
+    """Every variable the monitor reads, with its default (no prefix: ``MONITOR_PORT`` etc.)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    monitor_port: int = Field(default=8002, description="Port of the monitor's HTTP API (MONITOR_PORT).")
+    inference_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Inference service, source of the prediction log (INFERENCE_URL).",
+    )
+    trainer_url: str = Field(
+        default="http://127.0.0.1:8001", description="Trainer service, asked to retrain (TRAINER_URL)."
+    )
+    admin_token: str = Field(
+        default="", description="Bearer token sent to the trainer's POST /retrain (ADMIN_TOKEN)."
+    )
+    monitor_db_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the run history (MONITOR_DB_URL); default sqlite:///DATA_DIR/monitor/monitor.db.",
+    )
+    check_interval_seconds: float = Field(
+        default=300.0, gt=0, description="Seconds between scheduled checks (CHECK_INTERVAL_SECONDS)."
+    )
+    scheduler_enabled: bool = Field(
+        default=True,
+        description="Run the interval job at all (SCHEDULER_ENABLED); POST /checks always works.",
+    )
+    window_size: int = Field(
+        default=5000,
+        ge=1,
+        description="The current window is the newest WINDOW_SIZE logged predictions of the serving model "
+        "version (WINDOW_SIZE).",
+    )
+    min_window_rows: int = Field(
+        default=100,
+        ge=1,
+        description="Below this many rows in the window no drift verdict is given and nothing is triggered "
+        "(MIN_WINDOW_ROWS).",
+    )
+    min_labelled_rows: int = Field(
+        default=50,
+        ge=0,
+        description="Labelled rows needed for a performance verdict, and new labelled rows (feedback received "
+        "since the last retrain) needed before another retrain (MIN_LABELLED_ROWS).",
+    )
+    degradation_ratio: float = Field(
+        default=1.3, gt=0, description="Degraded when window MAE > DEGRADATION_RATIO x the model's test MAE."
+    )
+    retrain_cooldown_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Minimum seconds between two retrain triggers (RETRAIN_COOLDOWN_SECONDS).",
+    )
+    drift_share_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Dataset drift when the share of drifted feature columns >= this (DRIFT_SHARE_THRESHOLD); "
+        "0.1 = 2 of the 14 synthetic features.",
+    )
+    drift_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Per-column false-alarm rate used to calibrate the noise part of each threshold (DRIFT_ALPHA).",
+    )
+    num_drift_floor: float = Field(
+        default=0.1, gt=0, description="Smallest normed Wasserstein distance called drift (NUM_DRIFT_FLOOR)."
+    )
+    cat_drift_floor: float = Field(
+        default=0.1, gt=0, description="Smallest Jensen-Shannon distance called drift (CAT_DRIFT_FLOOR)."
+    )
+    auto_retrain: bool = Field(
+        default=True, description="Call the trainer on drift/degradation (AUTO_RETRAIN); false = report only."
+    )
+    report_keep: int = Field(
+        default=50,
+        ge=1,
+        description="Keep the HTML report files of the newest REPORT_KEEP runs (REPORT_KEEP).",
+    )
+    page_size: int = Field(default=1000, ge=1, description="Rows per GET /predictions page (PAGE_SIZE).")
+    http_retries: int = Field(default=3, ge=0, description="Retries of a failed call to another service.")
+    http_backoff_seconds: float = Field(
+        default=0.5, ge=0, description="First retry delay (doubles each retry)."
+    )
+    retrain_failure_backoff_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="After the trainer could not be reached, wait this long (doubling per failure, capped by the "
+        "cooldown) before trying again (RETRAIN_FAILURE_BACKOFF_SECONDS).",
+    )
+
+    def db_url(self) -> str:
+        return self.monitor_db_url or f"sqlite:///{self.service_dir('monitor') / 'monitor.db'}"
+
+    def reports_dir(self) -> Path:
+        path = self.service_dir("monitor") / "reports"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@lru_cache
+def get_settings() -> MonitorSettings:
+    return MonitorSettings()
