@@ -1,0 +1,90 @@
+"""Settings of the inference service (environment variables, read once by ``get_settings()``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from gradeflow_shared.settings import BaseServiceSettings
+
+
+class InferenceSettings(BaseServiceSettings):
+    """Every variable the inference service reads (no prefix; see services/inference/README.md)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    inference_port: int = Field(default=8000, description="Port of the HTTP API (INFERENCE_PORT).")
+    inference_workers: int = Field(
+        default=1,
+        ge=1,
+        description="uvicorn worker processes (INFERENCE_WORKERS). Each worker loads its own copy of the "
+        "model, runs its own reload watcher and its own log writer.",
+    )
+    inference_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Threads that run batches of more than 16 records (INFERENCE_THREADS); smaller batches "
+        "run inline on the event loop. One is the recommended setting (no GIL contention, steady p99).",
+    )
+    prediction_db_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the prediction log (PREDICTION_DB_URL); "
+        "default sqlite:///DATA_DIR/inference/predictions.db (WAL mode). Any SQLAlchemy URL works, "
+        "e.g. postgresql+psycopg2://user@host/db.",
+    )
+    reload_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between checks of MODEL_DIR/current (RELOAD_INTERVAL)."
+    )
+    inference_log_enabled: bool = Field(
+        default=True, description="Log every prediction to the database (INFERENCE_LOG_ENABLED)."
+    )
+    log_batch_size: int = Field(
+        default=500, ge=1, description="Rows per insert of the log writer thread (LOG_BATCH_SIZE)."
+    )
+    log_queue_max: int = Field(
+        default=100_000,
+        ge=1,
+        description="Bound of the in-memory log queue in rows (LOG_QUEUE_MAX); rows beyond it are dropped "
+        "and counted (metric inference_log_dropped_total, GET /health, GET /model, a warning log line).",
+    )
+    log_flush_interval: float = Field(
+        default=0.2,
+        gt=0,
+        description="Max seconds a logged row waits before it is written (LOG_FLUSH_INTERVAL).",
+    )
+    log_shutdown_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="On shutdown, seconds to keep trying to write queued rows before counting them dropped "
+        "(LOG_SHUTDOWN_TIMEOUT).",
+    )
+    max_batch_records: int = Field(
+        default=10_000, ge=1, description="Most records accepted in one POST /predict (MAX_BATCH_RECORDS)."
+    )
+    verify_tolerance: float = Field(
+        default=0.05,
+        ge=0,
+        description="Max absolute difference allowed between the ONNX and scikit-learn predictions on the "
+        "reference sample when an export is verified (VERIFY_TOLERANCE, in target units).",
+    )
+    verify_rows: int = Field(
+        default=200, ge=1, description="Reference rows used for the load-time test prediction (VERIFY_ROWS)."
+    )
+    predict_path: str = Field(
+        default="auto",
+        pattern="^(auto|onnx|sklearn)$",
+        description="auto: per batch size, the path measured faster at load time; onnx or sklearn: always "
+        "that path (PREDICT_PATH).",
+    )
+
+    def db_url(self) -> str:
+        if self.prediction_db_url:
+            return self.prediction_db_url
+        return f"sqlite:///{self.service_dir('inference') / 'predictions.db'}"
+
+
+@lru_cache
+def get_settings() -> InferenceSettings:
+    return InferenceSettings()

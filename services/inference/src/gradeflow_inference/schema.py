@@ -1,0 +1,299 @@
+"""Request validation built from the serving model's manifest (plain Python, no pydantic per request).
+
+``RecordValidator(manifest)`` checks parsed JSON records against the feature schema and builds the
+column arrays the predict paths need. Rules (each error names the field, the rule and, for batches,
+the record index):
+
+* ``missing``: every feature of the schema must be present as a key; ``null`` is allowed for a
+  nullable feature (the pipeline imputes it), refused (rule ``null``) otherwise.
+* ``extra_forbidden``: a key that is not a feature of the serving model.
+* ``type``: numeric features take JSON numbers (``int`` features: integral numbers; booleans are
+  not numbers), categorical features take strings, ``bool`` features take true/false.
+* ``greater_than_equal`` / ``less_than_equal``: a numeric value outside the manifest's hard
+  ``min``/``max`` bounds.
+* unseen categories are accepted (the encoder's unknown handling predicts them) and counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradeflow_shared.errors import InvalidInput
+from gradeflow_shared.manifest import FeatureSpec, Manifest
+
+MISSING_CATEGORY = "__missing__"  # the trainer's placeholder for a missing categorical value (ONNX contract)
+MAX_REPORTED_ERRORS = 50
+_NONE = type(None)
+_NUM_TYPES = frozenset({int, float, _NONE})
+_STR_TYPES = frozenset({str, _NONE})
+
+
+@dataclass(frozen=True)
+class _Feature:
+    name: str
+    numeric: bool
+    dtype: str
+    nullable: bool
+    lo: float | None
+    hi: float | None
+    categories: frozenset[str] | None
+
+
+@dataclass
+class Batch:
+    """Validated records as columns: numeric -> float32 [N,1] (NaN = missing), categorical -> object [N,1]."""
+
+    n: int
+    columns: dict[str, Any]  # feature -> list (or float64 array for numeric columns of big batches)
+    unseen: dict[str, int] = field(default_factory=dict)  # feature -> count of unseen categories
+
+    def onnx_feed(self, validator: RecordValidator) -> dict[str, np.ndarray]:
+        feed: dict[str, np.ndarray] = {}
+        for f in validator.features:
+            col = self.columns[f.name]
+            if f.numeric:
+                feed[f.name] = np.asarray(col, dtype=np.float32).reshape(self.n, 1)
+            else:
+                feed[f.name] = np.array(
+                    [MISSING_CATEGORY if v is None else v for v in col], dtype=object
+                ).reshape(self.n, 1)
+        return feed
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+class RecordValidator:
+    """Validates records against one manifest's feature schema (immutable, shared by threads)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in manifest.features)
+        self.names: frozenset[str] = frozenset(f.name for f in self.features)
+
+    @staticmethod
+    def _compile(f: FeatureSpec) -> _Feature:
+        return _Feature(
+            name=f.name,
+            numeric=f.kind == "numeric",
+            dtype=f.dtype,
+            nullable=f.nullable,
+            lo=f.min,
+            hi=f.max,
+            categories=frozenset(f.categories) if f.categories is not None else None,
+        )
+
+    def validate(self, records: list[Any], batch: bool) -> Batch:
+        """Check every record; raise InvalidInput (422) listing the problems, else return the columns.
+
+        Big batches take a column-wise fast path (set of value types + numpy bound checks); any doubt
+        falls back to the record-by-record path, which produces the exact error list."""
+        if len(records) > 8:
+            fast = self._validate_columns(records)
+            if fast is not None:
+                return fast
+        return self._validate_records(records, batch)
+
+    def _validate_columns(self, records: list[Any]) -> Batch | None:
+        nn = len(self.names)
+        for rec in records:
+            if type(rec) is not dict or len(rec) != nn:
+                return None
+        columns: dict[str, Any] = {}
+        unseen: dict[str, int] = {}
+        for f in self.features:
+            name = f.name
+            try:
+                col = [rec[name] for rec in records]
+            except KeyError:
+                return None
+            types = set(map(type, col))
+            if _NONE in types and not f.nullable:
+                return None
+            if f.numeric:
+                if f.dtype == "bool" or not types <= _NUM_TYPES:
+                    return None
+                arr = np.array(col, dtype=np.float64)  # None -> NaN
+                present = arr[~np.isnan(arr)] if _NONE in types else arr
+                if not np.isfinite(present).all():
+                    return None
+                if f.dtype == "int" and float in types and not (present == np.floor(present)).all():
+                    return None
+                if (f.lo is not None and (present < f.lo).any()) or (
+                    f.hi is not None and (present > f.hi).any()
+                ):
+                    return None
+                columns[name] = arr
+            else:
+                if not types <= _STR_TYPES:
+                    return None
+                cats = f.categories
+                if cats is not None:
+                    k = sum(1 for v in col if v not in cats and v is not None)
+                    if k:
+                        unseen[name] = k
+                columns[name] = col
+        return Batch(n=len(records), columns=columns, unseen=unseen)
+
+    def _validate_records(self, records: list[Any], batch: bool) -> Batch:
+        n = len(records)
+        columns: dict[str, list[Any]] = {f.name: [None] * n for f in self.features}
+        unseen: dict[str, int] = {}
+        errors: list[dict[str, Any]] = []
+        names = self.names
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                errors.append(
+                    self._err(batch, i, None, "type", f"record must be a JSON object, got {_type_name(rec)}")
+                )
+                if len(errors) >= MAX_REPORTED_ERRORS:
+                    break
+                continue
+            if len(rec) != len(names) or not names.issuperset(rec):
+                for key in rec:
+                    if key not in names:
+                        errors.append(
+                            self._err(
+                                batch, i, str(key), "extra_forbidden", "unknown field (not a model feature)"
+                            )
+                        )
+            for f in self.features:
+                name = f.name
+                if name not in rec:
+                    errors.append(self._err(batch, i, name, "missing", "field required"))
+                    continue
+                v = rec[name]
+                if v is None:
+                    if not f.nullable:
+                        errors.append(self._err(batch, i, name, "null", "value must not be null"))
+                    continue  # columns already hold None (NaN / missing category at feed time)
+                if f.numeric:
+                    if f.dtype == "bool":
+                        if not isinstance(v, bool):
+                            errors.append(
+                                self._err(batch, i, name, "type", f"expected boolean, got {_type_name(v)}")
+                            )
+                            continue
+                        x = 1.0 if v else 0.0
+                    else:
+                        if isinstance(v, bool) or not isinstance(v, (int, float)):
+                            errors.append(
+                                self._err(batch, i, name, "type", f"expected number, got {_type_name(v)}")
+                            )
+                            continue
+                        x = float(v)
+                        if not math.isfinite(x):
+                            errors.append(self._err(batch, i, name, "type", "expected a finite number"))
+                            continue
+                        if f.dtype == "int" and not x.is_integer():
+                            errors.append(
+                                self._err(batch, i, name, "int_type", f"expected an integer, got {v}")
+                            )
+                            continue
+                    if f.lo is not None and x < f.lo:
+                        errors.append(
+                            self._err(batch, i, name, "greater_than_equal", f"must be >= {f.lo:g}, got {v}")
+                        )
+                        continue
+                    if f.hi is not None and x > f.hi:
+                        errors.append(
+                            self._err(batch, i, name, "less_than_equal", f"must be <= {f.hi:g}, got {v}")
+                        )
+                        continue
+                    columns[name][i] = x
+                else:
+                    if not isinstance(v, str):
+                        errors.append(
+                            self._err(batch, i, name, "type", f"expected string, got {_type_name(v)}")
+                        )
+                        continue
+                    if f.categories is not None and v not in f.categories:
+                        unseen[name] = unseen.get(name, 0) + 1
+                    columns[name][i] = v
+            if len(errors) >= MAX_REPORTED_ERRORS:
+                break
+        if errors:
+            summary = "; ".join(
+                (f"records[{e['index']}]." if "index" in e else "")
+                + f"{e['field'] or '<record>'}: {e['message']}"
+                for e in errors[:5]
+            )
+            if len(errors) > 5:
+                summary += f"; ... ({len(errors)} problems)"
+            raise InvalidInput(summary, details=errors)
+        return Batch(n=n, columns=columns, unseen=unseen)
+
+    @staticmethod
+    def _err(batch: bool, index: int, fld: str | None, rule: str, message: str) -> dict[str, Any]:
+        e: dict[str, Any] = {"field": fld or "", "rule": rule, "message": message}
+        if batch:
+            e["index"] = index
+        return e
+
+    def json_schema(self, manifest: Manifest) -> dict[str, Any]:
+        """JSON schema of one record (for GET /model and the OpenAPI docs)."""
+        props: dict[str, Any] = {}
+        for spec in manifest.features:
+            p: dict[str, Any]
+            if spec.kind == "numeric":
+                p = {
+                    "type": "boolean"
+                    if spec.dtype == "bool"
+                    else ("integer" if spec.dtype == "int" else "number")
+                }
+                if spec.min is not None:
+                    p["minimum"] = spec.min
+                if spec.max is not None:
+                    p["maximum"] = spec.max
+            else:
+                p = {"type": "string"}
+                if spec.categories:
+                    p["examples"] = spec.categories[:20]
+                    p["description"] = "known categories: " + ", ".join(spec.categories[:50])
+            if spec.nullable:
+                p = {
+                    "anyOf": [p, {"type": "null"}],
+                    **({"description": p["description"]} if "description" in p else {}),
+                }
+            if spec.description:
+                p["title"] = spec.description
+            props[spec.name] = p
+        return {
+            "type": "object",
+            "properties": props,
+            "required": [f.name for f in manifest.features],
+            "additionalProperties": False,
+        }
+
+
+def example_record(manifest: Manifest) -> dict[str, Any]:
+    """A plausible record for the docs (mid-range numbers, the first known category)."""
+    rec: dict[str, Any] = {}
+    for f in manifest.features:
+        if f.kind == "numeric":
+            if f.dtype == "bool":
+                rec[f.name] = False
+                continue
+            lo = f.train_min if f.train_min is not None else f.min
+            hi = f.train_max if f.train_max is not None else f.max
+            x = ((lo or 0.0) + (hi if hi is not None else (lo or 0.0) + 2.0)) / 2
+            rec[f.name] = int(round(x)) if f.dtype == "int" else round(x, 2)
+        else:
+            rec[f.name] = (f.categories or ["unknown"])[0]
+    return rec

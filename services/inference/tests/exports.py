@@ -1,0 +1,102 @@
+"""Real exports for the inference tests: fit once with the trainer's pipeline, publish many versions.
+
+Used by services/inference/tests/conftest.py and (loaded by path) tests/integration/test_inference_*.py.
+The trainer is imported here only: tests may use it, the inference package never does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradeflow_shared import manifest as mf
+
+
+@dataclass
+class Fitted:
+    """Two fitted pipelines (different predictions) exported once each into a seed folder."""
+
+    seed_dir: Path
+    exports: dict[str, Path]  # "rf" / "ridge" -> a complete export directory
+    records: list[dict[str, Any]]  # valid request records (JSON-ready)
+
+
+def fit_and_export(root: Path, rows: int = 400) -> Fitted:
+    import numpy as np
+
+    from gradeflow_shared.synth import COLUMNS, TARGET, generate
+    from gradeflow_trainer.export import export_model
+    from gradeflow_trainer.pipeline import fit
+
+    df = generate(rows, seed=0)
+    names = [c.name for c in COLUMNS]
+    X, y = df[names], df[TARGET]
+    seed_dir = root / "seed-models"
+    exports: dict[str, Path] = {}
+    for i, (label, cand) in enumerate(
+        [("rf", ("rf", {"n_estimators": 10, "max_depth": 6})), ("ridge", ("ridge", {"alpha": 1.0}))], start=1
+    ):
+        res = fit(X, y, COLUMNS, search=False, candidates=[cand])
+        exports[label] = export_model(
+            seed_dir / label,
+            res.pipeline,
+            COLUMNS,
+            X,
+            y,
+            target=TARGET,
+            model_name="student-grade",
+            version=i,
+            run_id=f"run-{label}",
+            metrics={"rmse": 1.0 + i},
+            reference_rows=200,
+        )
+    test = generate(50, seed=1)[names]
+    records = []
+    for rec in test.to_dict(orient="records"):
+        out: dict[str, Any] = {}
+        for c in COLUMNS:
+            v = rec[c.name]
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                out[c.name] = None
+            elif c.kind == "numeric":
+                out[c.name] = int(v) if c.dtype == "int" else float(v)
+            else:
+                out[c.name] = str(v)
+        records.append(out)
+    return Fitted(seed_dir=seed_dir, exports=exports, records=records)
+
+
+def republish(model_dir: Path, src: Path, version: int, reason: str = "test") -> Path:
+    """Publish a copy of the export ``src`` as ``version`` into ``model_dir`` (real, atomic publish)."""
+    m = mf.read_manifest(src).model_copy(update={"version": version, "reason": reason, "files": {}})
+
+    def write_files(staging: Path) -> None:
+        for name in (mf.MODEL_FILE, mf.ONNX_FILE, mf.REFERENCE_FILE):
+            shutil.copyfile(src / name, staging / name)
+
+    return mf.publish(Path(model_dir), m, write_files, keep=50)
+
+
+def publish_corrupt(model_dir: Path, src: Path, version: int, how: str = "sha") -> Path:
+    """Publish an export that must be refused: ``sha`` (model bytes changed after hashing),
+    ``onnx`` (garbage ONNX with a matching checksum) or ``manifest`` (unparseable manifest)."""
+    final = republish(model_dir, src, version, reason=f"corrupt-{how}")
+    if how == "sha":
+        p = final / mf.MODEL_FILE
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+    elif how == "onnx":
+        p = final / mf.ONNX_FILE
+        p.write_bytes(b"this is not an onnx graph")
+        m = json.loads((final / mf.MANIFEST_FILE).read_text())
+        m["files"]["onnx"] = mf.file_entry(final, mf.ONNX_FILE).model_dump()
+        (final / mf.MANIFEST_FILE).write_text(json.dumps(m))
+    elif how == "manifest":
+        (final / mf.MANIFEST_FILE).write_text("{not json")
+    else:
+        raise ValueError(how)
+    return final

@@ -1,0 +1,218 @@
+"""The inference service as a real process (``gradeflow-inference`` on a free port, real HTTP, real SQLite).
+
+Hot reload under load, a corrupt export refused while serving goes on, no-export start, and the
+prediction log surviving a clean stop (SIGTERM) with every row.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+
+pytestmark = pytest.mark.integration
+
+_HELPER = Path(__file__).resolve().parents[2] / "services" / "inference" / "tests" / "exports.py"
+_spec = importlib.util.spec_from_file_location("gf_inference_it_exports", _HELPER)
+assert _spec and _spec.loader
+exports = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = exports
+_spec.loader.exec_module(exports)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return exports.fit_and_export(tmp_path_factory.mktemp("inference-it-exports"))
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def _start(model_dir: Path, **env: str) -> ServiceProcess:
+        port = free_port()
+        svc = ServiceProcess(
+            name="inference",
+            cmd=[bin_path("gradeflow-inference")],
+            env={
+                "DATA_DIR": str(tmp_path / "data"),
+                "MODEL_DIR": str(model_dir),
+                "INFERENCE_PORT": str(port),
+                "HOST": "127.0.0.1",
+                "RELOAD_INTERVAL": "0.2",
+                **env,
+            },
+            log_path=tmp_path / "logs" / f"inference-{len(started)}.log",
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+        started.append(svc)
+        svc.start(wait=60)
+        svc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        return svc
+
+    yield _start
+    for svc in started:
+        svc.stop()
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str, svc: ServiceProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not within {timeout}s\n{svc.tail() if svc else ''}")
+
+
+def test_no_export_start_then_ready(
+    tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess]
+) -> None:
+    d = tmp_path / "models"
+    svc = start_service(d)
+    url = svc.url  # type: ignore[attr-defined]
+    assert httpx.get(f"{url}/ready").status_code == 503
+    r = httpx.post(f"{url}/predict", json=fitted.records[0])
+    assert r.status_code == 503 and r.json()["error_code"] == "MODEL_NOT_LOADED"
+    exports.republish(d, fitted.exports["rf"], 1)
+    t0 = time.monotonic()
+    _wait(lambda: httpx.get(f"{url}/ready").status_code == 200, 10, "ready after the first export", svc)
+    assert time.monotonic() - t0 < 2.0 + 1.0  # noticed within 2 s (+ load time of a small model)
+    r = httpx.post(f"{url}/predict", json=fitted.records[0])
+    assert r.status_code == 200 and r.json()["model_version"] == 1
+
+
+def test_hot_reload_under_load(
+    tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess]
+) -> None:
+    d = tmp_path / "models"
+    exports.republish(d, fitted.exports["rf"], 1)
+    svc = start_service(d)
+    url = svc.url  # type: ignore[attr-defined]
+    exported = {1}
+    stop = threading.Event()
+    results: list[tuple[int, int | None]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    latest_seen = [1]
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = (
+                    {"records": fitted.records[: 1 + (i % 20)]}
+                    if i % 3 == 0
+                    else fitted.records[(k + i) % 50]
+                )
+                try:
+                    r = c.post("/predict", json=body)
+                except httpx.HTTPError as exc:
+                    with lock:
+                        errors.append(repr(exc))
+                    continue
+                v = r.json().get("model_version") if r.status_code == 200 else None
+                if r.status_code == 200:
+                    n = len(body["records"]) if "records" in body else 1
+                    assert len(r.json()["predictions"]) == n
+                with lock:
+                    results.append((r.status_code, v))
+                    if v is not None:
+                        latest_seen[0] = max(latest_seen[0], v)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(10):
+            version = 2 + k
+            src = fitted.exports["ridge" if k % 2 == 0 else "rf"]
+            if k == 4:
+                exports.publish_corrupt(d, fitted.exports["rf"], 99, how="sha")
+                time.sleep(0.6)
+            exports.republish(d, src, version)
+            exported.add(version)
+            _wait(lambda v=version: latest_seen[0] >= v, 30, f"version {version} served", svc)
+        _wait(lambda: len(results) >= 2000, 120, "2000 requests", svc)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    statuses = Counter(s for s, _ in results)
+    versions = Counter(v for _, v in results)
+    assert not errors, errors[:5]
+    assert statuses == Counter({200: len(results)}), statuses
+    assert len(results) >= 2000
+    assert set(versions) <= exported and 99 not in versions, versions
+    assert len(versions) >= 5, versions  # several swaps really happened under load
+    m = httpx.get(f"{url}/model").json()
+    assert m["version"] == 11
+    text = httpx.get(f"{url}/metrics").text
+    assert 'inference_model_reloads_total{result="refused"} 1.0' in text
+    assert "refused export" in svc.tail(400)
+
+
+def test_log_survives_clean_stop(
+    tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess]
+) -> None:
+    d = tmp_path / "models"
+    exports.republish(d, fitted.exports["rf"], 1)
+    # the writer would wait 60 s: every row is still queued when SIGTERM arrives
+    env = {"LOG_FLUSH_INTERVAL": "60", "LOG_BATCH_SIZE": "100000"}
+    svc = start_service(d, **env)
+    url = svc.url  # type: ignore[attr-defined]
+    ids: list[str] = []
+    with httpx.Client(base_url=url) as c:
+        for i in range(30):
+            body = {"records": fitted.records[: 1 + i % 17]}
+            ids += [p["request_id"] for p in c.post("/predict", json=body).json()["predictions"]]
+        assert c.get("/health").json()["log_queue_depth"] == len(ids)
+    assert svc.stop() in (0, -15)  # uvicorn re-raises SIGTERM after its graceful shutdown
+    assert f"prediction log stopped: {len(ids)} rows written, 0 dropped" in svc.tail(50)
+    svc2 = start_service(d)
+    url2 = svc2.url  # type: ignore[attr-defined]
+    got: list[str] = []
+    since: int | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if since is not None:
+            params["since_id"] = since
+        page = httpx.get(f"{url2}/predictions", params=params).json()
+        got += [x["request_id"] for x in page["items"]]
+        since = page["next_since_id"]
+        if since is None:
+            break
+    assert got == ids
+
+
+@pytest.mark.postgres
+def test_postgres_log_real_process(
+    tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess], postgres_url: str
+) -> None:
+    d = tmp_path / "models"
+    exports.republish(d, fitted.exports["ridge"], 3)
+    svc = start_service(d, PREDICTION_DB_URL=postgres_url)
+    url = svc.url  # type: ignore[attr-defined]
+    preds = httpx.post(f"{url}/predict", json={"records": fitted.records[:12]}).json()["predictions"]
+    ids = [p["request_id"] for p in preds]
+    fb = httpx.post(f"{url}/feedback", json={"items": [{"request_id": ids[4], "actual": 9.0}]}).json()
+    assert fb == {"accepted": 1, "unknown_request_ids": []}
+    page = httpx.get(f"{url}/predictions", params={"limit": 5}).json()
+    assert [x["request_id"] for x in page["items"]] == ids[:5] and page["next_since_id"] is not None
+    rest = httpx.get(f"{url}/predictions", params={"since_id": page["next_since_id"]}).json()
+    assert [x["request_id"] for x in rest["items"]] == ids[5:]
+    lab = httpx.get(f"{url}/predictions", params={"labelled": "true"}).json()["items"]
+    assert [(x["request_id"], x["actual"], x["model_version"]) for x in lab] == [(ids[4], 9.0, 3)]
