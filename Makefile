@@ -52,6 +52,7 @@ lint: install ## ruff (lint + format check), mypy, and the GitHub workflow check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy shared/src services/*/src
+	UV=$(UV) bash scripts/lint_workflows.sh
 
 format: install ## Format the code with ruff
 	$(PY) -m ruff format .
@@ -59,6 +60,24 @@ format: install ## Format the code with ruff
 
 uci-benchmark: install ## Our default pipeline vs a 300-tree random forest and naive on the UCI files
 	$(PY) scripts/uci_benchmark.py
+
+compose-up: ## Build and start the platform as containers; returns once a model is served (needs ADMIN_TOKEN in .env)
+	docker compose up -d --build --wait --wait-timeout 900
+
+compose-down: ## Stop the containers (volumes kept; `docker compose down -v` deletes them)
+	docker compose down
+
+compose-test: install ## Container test: build, up --wait, smoke, inference restart, closed loop, always down -v
+	$(PY) scripts/compose_test.py $(COMPOSE_TEST_ARGS)
+
+demo: install ## The closed loop told live: normal then drifted traffic, drift, retrain, promotion, reload (starts the platform if needed)
+	$(PY) scripts/demo.py
+
+bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI endpoint (prints a table of ratios)
+	$(PY) bench/run.py
+
+drift-quality: install ## Drift detection quality: false alarms and detection, ours vs Evidently defaults
+	$(PY) -m gradeflow_monitor.quality --out results/drift_quality.md
 
 clean: ## Remove caches (keeps ./data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

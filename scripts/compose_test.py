@@ -1,0 +1,374 @@
+"""The container test (`make compose-test`): build the images, `docker compose up -d --wait`, then
+drive the platform through its published ports.
+
+1. smoke: MLflow UI and API (with a non-local Host check), the champion exported and served,
+   predict, feedback, GET /predictions, trainer /model, a monitor check and its report page;
+2. restart the inference container: it comes back serving the same model version with its
+   prediction log intact (rows counted through GET /predictions before and after);
+3. the closed loop (tests/e2e/test_loop.py) against the containers (skip with --no-loop).
+
+Every service's log is printed on failure, and `docker compose down -v` always runs (also on
+Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, and the repository's own
+.env is not read (a generated env file is passed), so it never touches a platform you run yourself.
+
+    python scripts/compose_test.py [--no-build] [--no-loop] [--postgres] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
+SERVICES = ["mlflow", "trainer", "inference", "monitor"]
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[compose-test {time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Compose:
+    def __init__(self, project: str, env_file: Path, profiles: list[str]) -> None:
+        self.base = ["docker", "compose", "-p", project, "--env-file", str(env_file)]
+        for f in COMPOSE_FILES:
+            self.base += ["-f", str(f)]
+        for p in profiles:
+            self.base += ["--profile", p]
+        self.env = {**os.environ, "COMPOSE_BAKE": "false"}
+        self.env.pop("COMPOSE_PROFILES", None)
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.base, *args], cwd=ROOT, env=self.env, check=check, timeout=timeout, text=True
+        )
+
+    def output(self, *args: str) -> str:
+        return subprocess.run(
+            [*self.base, *args], cwd=ROOT, env=self.env, check=True, text=True, capture_output=True
+        ).stdout
+
+    def logs(self) -> None:
+        for svc in self.output("ps", "-a", "--services").split():
+            print(f"\n----- {svc} log -----", flush=True)
+            self.run("logs", "--no-color", "--tail", "200", svc, check=False)
+
+
+def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
+    t0 = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last})" if last else ""))
+
+
+def up_wait(compose: Compose, trainer_url: str, timeout: int) -> None:
+    """`up -d --wait`, but give up at once when the first training job fails (inference would
+    otherwise stay unhealthy until the wait timeout)."""
+    proc = subprocess.Popen(
+        [*compose.base, "up", "-d", "--wait", "--wait-timeout", str(timeout)], cwd=ROOT, env=compose.env
+    )
+    try:
+        while proc.poll() is None:
+            time.sleep(5)
+            try:
+                jobs = httpx.get(f"{trainer_url}/jobs", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            items = jobs["items"] if isinstance(jobs, dict) else jobs
+            failed = [j for j in items if j.get("state") == "failed"]
+            if failed:
+                raise RuntimeError(f"the first training job failed: {failed[0].get('error')}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"docker compose up --wait failed (exit {proc.returncode})")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+
+def count_predictions(inf: httpx.Client) -> int:
+    n, since = 0, 0
+    while True:
+        r = inf.get("/predictions", params={"since_id": since, "limit": 1000})
+        r.raise_for_status()
+        page = r.json()
+        n += len(page["items"])
+        if page.get("next_since_id") is None or not page["items"]:
+            return n
+        since = page["next_since_id"]
+
+
+def smoke(urls: dict[str, str], token: str) -> int:
+    """The platform answers end to end; returns the served model version."""
+    from gradeflow_shared import synth
+    from gradeflow_shared.loop import to_records
+
+    auth = {"Authorization": f"Bearer {token}"}
+    with (
+        httpx.Client(base_url=urls["mlflow"], timeout=30) as ml,
+        httpx.Client(base_url=urls["trainer"], timeout=30, headers=auth) as tr,
+        httpx.Client(base_url=urls["inference"], timeout=60) as inf,
+        httpx.Client(base_url=urls["monitor"], timeout=120) as mon,
+    ):
+        r = ml.get("/")
+        assert r.status_code == 200 and "<html" in r.text.lower(), f"MLflow UI: {r.status_code}"
+        r = ml.get("/api/2.0/mlflow/registered-models/search")
+        assert r.status_code == 200, f"MLflow API from the host: {r.status_code} {r.text[:200]}"
+        names = [m["name"] for m in r.json().get("registered_models", [])]
+        log(f"MLflow UI 200; registered models: {names}")
+        assert names, "no registered model after `up --wait`"
+
+        assert inf.get("/ready").status_code == 200
+        served = inf.get("/model").json()
+        version = int(served["version"])
+        champion = tr.get("/model")
+        assert champion.status_code == 200, champion.text
+        log(f"inference serves version {version}; trainer champion: {champion.json().get('version')}")
+        assert int(champion.json()["version"]) == version
+
+        df = synth.generate(250, seed=5)
+        records = to_records(df.drop(columns=[synth.TARGET]))
+        one = inf.post("/predict", json=records[0])
+        assert one.status_code == 200, one.text
+        batch = inf.post("/predict", json={"records": records[1:]})
+        assert batch.status_code == 200, batch.text
+        body = batch.json()
+        assert body["model_version"] == version and len(body["predictions"]) == len(records) - 1
+        ids = [one.json()["predictions"][0]["request_id"]] + [p["request_id"] for p in body["predictions"]]
+        fb = inf.post(
+            "/feedback",
+            json={
+                "items": [
+                    {"request_id": i, "actual": float(a)} for i, a in zip(ids, df[synth.TARGET], strict=True)
+                ]
+            },
+        )
+        assert fb.status_code == 200 and fb.json()["accepted"] == len(ids), fb.text
+        rows = wait_for(
+            "the prediction log to hold the smoke rows", lambda: count_predictions(inf) >= len(ids), 30
+        )
+        log(f"predict (1 + {len(records) - 1} rows) and feedback ok; prediction log complete: {rows}")
+
+        def check_now() -> Any:
+            # POST /checks runs one check on the window that now holds the smoke rows and answers
+            # with its verdict; 409 = the scheduled check is running right now, so try again.
+            r = mon.post("/checks")
+            if r.status_code == 409:
+                return None
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        verdict = wait_for("a monitor check of the smoke window", check_now, 180, interval=2)
+        run_id = verdict["run_id"]
+        log(
+            f"monitor verdict: rows={verdict.get('rows')} drift={verdict.get('dataset_drift')} "
+            f"action={verdict.get('action')}"
+        )
+        listing = mon.get("/reports")
+        assert listing.status_code == 200 and f"reports/{run_id}" in listing.text, listing.text[:500]
+        page = mon.get(f"/reports/{run_id}")
+        assert page.status_code == 200, page.text[:300]
+        assert page.headers["content-type"].startswith("text/html"), page.status_code
+        assert "<html" in page.text.lower(), page.text[:300]
+        summary = mon.get(f"/reports/{run_id}.json")
+        assert summary.status_code == 200, summary.status_code
+        summary.json()
+        log(f"monitor: run {run_id} listed in /reports; drift report page {len(page.content)} bytes; JSON ok")
+        return version
+
+
+def check_postgres_stores(compose: Compose) -> None:
+    """With the postgres profile, each service's store really is its PostgreSQL database."""
+    for db in ("mlflow", "inference", "monitor"):
+        out = compose.output(
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            "gradeflow",
+            "-d",
+            db,
+            "-Atc",
+            "select count(*) from information_schema.tables where table_schema = 'public'",
+        )
+        log(f"postgres database {db}: {out.strip()} tables")
+        assert int(out.strip()) > 0, f"nothing stored in PostgreSQL database {db}"
+
+
+def _started_at(container_id: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.StartedAt}}", container_id],
+        check=True,
+        text=True,
+        capture_output=True,
+    ).stdout.strip()
+
+
+def restart_inference(compose: Compose, urls: dict[str, str]) -> None:
+    with httpx.Client(base_url=urls["inference"], timeout=30) as inf:
+        version = inf.get("/model").json()["version"]
+        rows = count_predictions(inf)
+        cid = compose.output("ps", "-q", "inference").strip()
+        started = _started_at(cid)
+        t = time.monotonic()
+        compose.run("restart", "inference")
+        assert _started_at(cid) != started, "the inference container was not restarted"
+        wait_for("inference to serve again", lambda: inf.get("/ready").status_code == 200, 180)
+        after_version = inf.get("/model").json()["version"]
+        after_rows = count_predictions(inf)
+        log(
+            f"inference restarted in {time.monotonic() - t:.1f}s: version {version} -> {after_version}, "
+            f"prediction log rows {rows} -> {after_rows}"
+        )
+        assert after_version == version, (version, after_version)
+        assert after_rows == rows, (rows, after_rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-build", action="store_true", help="use the images as they are")
+    ap.add_argument(
+        "--no-loop", action="store_true", help="smoke + restart only, skip tests/e2e/test_loop.py"
+    )
+    ap.add_argument(
+        "--postgres", action="store_true", help="profile postgres: MLflow, log and monitor in PostgreSQL"
+    )
+    ap.add_argument("--loop-test", default="tests/e2e/test_loop.py", help="the closed-loop pytest file")
+    ap.add_argument("--keep", action="store_true", help="leave the stack running (no down -v) for debugging")
+    ap.add_argument("--wait-timeout", type=int, default=int(os.environ.get("COMPOSE_WAIT_TIMEOUT", "900")))
+    args = ap.parse_args()
+
+    token = secrets.token_urlsafe(24)
+    ports = {svc: free_port() for svc in [*SERVICES, "postgres"]}
+    env = {
+        "ADMIN_TOKEN": token,
+        "ENVIRONMENT": "production",
+        "LOG_LEVEL": "INFO",
+        "MLFLOW_HOST_PORT": ports["mlflow"],
+        "TRAINER_HOST_PORT": ports["trainer"],
+        "INFERENCE_HOST_PORT": ports["inference"],
+        "MONITOR_HOST_PORT": ports["monitor"],
+        "POSTGRES_HOST_PORT": ports["postgres"],
+    }
+    if args.postgres:
+        pw = secrets.token_hex(12)
+        env["POSTGRES_PASSWORD"] = pw
+        for var, db in (
+            ("MLFLOW_BACKEND_STORE_URI", "mlflow"),
+            ("PREDICTION_DB_URL", "inference"),
+            ("MONITOR_DB_URL", "monitor"),
+        ):
+            env[var] = f"postgresql+psycopg2://gradeflow:{pw}@postgres:5432/{db}"
+    env_file = Path(tempfile.mkstemp(prefix="gradeflow-compose-", suffix=".env")[1])
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    project = f"gradeflow-test-{os.getpid()}"
+    compose = Compose(project, env_file, ["postgres"] if args.postgres else [])
+    urls = {svc: f"http://127.0.0.1:{ports[svc]}" for svc in SERVICES}
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    ok = False
+    timings: dict[str, float] = {}
+    try:
+        if not args.no_build:
+            t = time.monotonic()
+            compose.run("build")
+            timings["build"] = time.monotonic() - t
+            log(f"images built in {timings['build']:.0f}s")
+        t = time.monotonic()
+        log(f"docker compose -p {project} up -d --wait (timeout {args.wait_timeout}s); ports {ports}")
+        up_wait(compose, urls["trainer"], args.wait_timeout)
+        timings["up --wait (trained and serving)"] = time.monotonic() - t
+        log(f"platform trained and serving after {timings['up --wait (trained and serving)']:.0f}s")
+        compose.run("ps")
+
+        t = time.monotonic()
+        smoke(urls, token)
+        timings["smoke"] = time.monotonic() - t
+        if args.postgres:
+            check_postgres_stores(compose)
+        t = time.monotonic()
+        restart_inference(compose, urls)
+        timings["inference restart"] = time.monotonic() - t
+
+        if not args.no_loop:
+            t = time.monotonic()
+            e2e_env = {
+                **os.environ,
+                "E2E_MLFLOW_URL": urls["mlflow"],
+                "E2E_TRAINER_URL": urls["trainer"],
+                "E2E_INFERENCE_URL": urls["inference"],
+                "E2E_MONITOR_URL": urls["monitor"],
+                "E2E_ADMIN_TOKEN": token,
+            }
+            log(f"closed loop: pytest {args.loop_test} against the containers")
+            rc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    args.loop_test,
+                    "-q",
+                    "-s",
+                    "-p",
+                    "no:cacheprovider",
+                ],
+                cwd=ROOT,
+                env=e2e_env,
+            ).returncode
+            timings["closed loop"] = time.monotonic() - t
+            if rc != 0:
+                raise RuntimeError(f"{args.loop_test} failed (exit {rc})")
+        ok = True
+    except (Exception, KeyboardInterrupt) as exc:
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+        try:
+            compose.run("ps", "-a", check=False)
+            compose.logs()
+        except Exception as log_exc:  # best effort: the original failure is what matters
+            log(f"could not collect logs: {log_exc}")
+    finally:
+        if args.keep:
+            log(f"--keep: left running; stop with: {' '.join(compose.base)} down -v")
+        else:
+            t = time.monotonic()
+            compose.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+            timings["down -v"] = time.monotonic() - t
+            env_file.unlink(missing_ok=True)
+    log("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    log("PASSED" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
