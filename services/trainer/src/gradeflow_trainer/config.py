@@ -125,6 +125,7 @@ class TrainerSettings(BaseServiceSettings):
         if production_rows <= 0:
             return 1
         return max(1, min(10, round(base_rows / production_rows)))
+
     mlflow_wait: float = Field(
         default=120.0, gt=0, description="Seconds to wait for the MLflow server at start-up (MLFLOW_WAIT)."
     )
