@@ -48,6 +48,9 @@ test: install ## Run every test (unit, integration with real processes, end-to-e
 test-unit: install ## Run the fast tests only (no real processes)
 	$(PY) -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
+test-integration: install ## Run only the tests that start real processes (integration and end to end)
+	$(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+
 lint: install ## ruff (lint + format check), mypy, and the GitHub workflow check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

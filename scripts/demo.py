@@ -65,19 +65,27 @@ def traffic_frames(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
     spec = load_spec(dataset)
     X, y, columns = load_dataset(spec)
-    df = X.assign(**{spec.target: y.to_numpy()})
+    from gradeflow_trainer.pipeline import split
+
+    # traffic comes from the trainer's training split only, so the gate's base holdout stays unseen
+    X_train, _, y_train, _ = split(X, y, test_size=0.2, seed=0)
+    df = X_train.assign(**{spec.target: y_train.to_numpy()})
     rng = np.random.default_rng(0)
-    numeric = [c.name for c in columns if c.kind == "numeric"]
-    # "drifted": the rows with the highest values of the first numeric feature, with the target shifted
-    key = numeric[0] if numeric else df.columns[0]
-    order = df.sort_values(key, ascending=False, kind="stable")
-    drifted = order.head(max(200, len(df) // 3)).copy()
-    span = float(y.max() - y.min()) or 1.0
-    drifted[spec.target] = (drifted[spec.target] - 0.25 * span).clip(lower=float(y.min()))
     normal = df.sample(n=min(len(df), 400), random_state=1)
-    drifted = drifted.sample(frac=1.0, random_state=2)
-    cut = max(1, len(drifted) // 4)
-    del rng
+    # "drifted": a bootstrap of the rows where a few numeric features moved up by one standard
+    # deviation (covariate shift the monitor sees) and the grade fell by a fifth of its range
+    # (what the labelled feedback shows); bounds declared in the spec are respected.
+    drifted = df.sample(n=max(800, len(df)), replace=True, random_state=2).reset_index(drop=True)
+    numeric = [c for c in columns if c.kind == "numeric"][:4]
+    for c in numeric:
+        col = drifted[c.name].astype(float)
+        shifted = col + float(col.std() or 1.0) * (1.0 + 0.1 * rng.random(len(col)))
+        if c.max is not None:
+            shifted = shifted.clip(upper=c.max)
+        drifted[c.name] = shifted.round(0) if c.dtype == "int" else shifted
+    span = float(y.max() - y.min()) or 1.0
+    drifted[spec.target] = (drifted[spec.target] - 0.2 * span).clip(lower=float(y.min()))
+    cut = len(drifted) // 4
     return normal, drifted.iloc[cut:], drifted.iloc[:cut], spec.target
 
 
@@ -103,7 +111,7 @@ def main() -> int:
 
     say(f"1/5 sending {len(normal)} normal requests with their true grades ...")
     send_labelled(inf, normal, target)
-    mon.post("/checks")
+    check_now(mon)
     d = wait_for(
         "a monitor verdict",
         lambda: mon.get("/drift").json().get("run_id") and mon.get("/drift").json(),
@@ -120,7 +128,8 @@ def main() -> int:
 
     say(f"2/5 sending {len(drifted)} drifted requests with their true grades ...")
     send_labelled(inf, drifted, target)
-    say("    waiting for the monitor's next scheduled check ...")
+    say("    asking the monitor for a check now (POST /checks) instead of waiting for its schedule ...")
+    check_now(mon)
 
     def triggered() -> dict[str, Any] | None:
         dd = mon.get("/drift").json()
@@ -131,8 +140,8 @@ def main() -> int:
     )
     report = d.get("report_url") or f"{u.monitor}/reports"
     say(
-        f"3/5 drift detected: drifted columns {d.get('drifted_columns')}, degraded {d.get('degraded')}, "
-        f"window MAE {d.get('performance', {}).get('mae')}"
+        f"3/5 drift detected: drifted columns {d.get('drifted_columns')}, degraded {d.get('degraded')} "
+        f"({d.get('action_reason')})"
     )
     say(f"    report: {report if report.startswith('http') else u.monitor + report}")
     job_id = d.get("retrain_job_id") or next(j["id"] for j in _jobs(tr) if j["id"] not in known_jobs)
@@ -170,6 +179,11 @@ def main() -> int:
     )
     say(f"    MLflow UI: {u.mlflow}   reports: {u.monitor}/reports")
     return 0
+
+
+def check_now(mon: httpx.Client) -> None:
+    """POST /checks (a 409 means a scheduled check is running right now: try again)."""
+    wait_for("POST /checks", lambda: mon.post("/checks").status_code != 409, timeout=120)
 
 
 def _jobs(tr: httpx.Client) -> list[dict[str, Any]]:

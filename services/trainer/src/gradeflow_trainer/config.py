@@ -113,9 +113,9 @@ class TrainerSettings(BaseServiceSettings):
         default=0,
         ge=0,
         le=100,
-        description="Each labelled production training row is repeated this many times so the recent "
-        "distribution weighs more than the base data (PRODUCTION_WEIGHT); 0 = automatic: as many times as "
-        "makes the production rows weigh as much as the base training rows (at most 10).",
+        description="Sample weight of each labelled production training row, so the recent distribution "
+        "counts more than the base data (PRODUCTION_WEIGHT); 0 = automatic: the weight that makes the "
+        "production rows weigh as much as the base training rows (at most 10).",
     )
 
     def effective_production_weight(self, base_rows: int, production_rows: int) -> int:

@@ -1,0 +1,65 @@
+"""Print every environment variable of every service (name, default, description) as Markdown.
+
+``make env-table`` regenerates the configuration section of README.md from the settings classes,
+so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic_settings import BaseSettings
+
+from gradeflow_inference.config import InferenceSettings
+from gradeflow_mlflow.config import MlflowSettings
+from gradeflow_monitor.config import MonitorSettings
+from gradeflow_shared.settings import BaseServiceSettings
+from gradeflow_trainer.config import TrainerSettings
+
+BEGIN, END = "<!-- env-table:begin -->", "<!-- env-table:end -->"
+
+
+def rows(cls: type[BaseSettings], skip: set[str]) -> list[str]:
+    out = []
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        default = field.default
+        if default is None or default == "":
+            shown = "(empty)"
+        else:
+            shown = f"`{default}`"
+        desc = (field.description or "").replace("|", "\\|")
+        out.append(f"| `{name.upper()}` | {shown} | {desc} |")
+    return out
+
+
+def table() -> str:
+    common = set(BaseServiceSettings.model_fields)
+    parts = ["| variable | default | meaning |", "|---|---|---|"]
+    parts += ["| **all services** | | |"] + rows(BaseServiceSettings, set())
+    for title, cls in (
+        ("mlflow", MlflowSettings),
+        ("trainer", TrainerSettings),
+        ("inference", InferenceSettings),
+        ("monitor", MonitorSettings),
+    ):
+        parts += [f"| **{title}** | | |"] + rows(cls, common)
+    return "\n".join(parts)
+
+
+def main() -> int:
+    text = table()
+    if len(sys.argv) > 1:
+        path = Path(sys.argv[1])
+        doc = path.read_text()
+        start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+        path.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
