@@ -149,7 +149,7 @@ class Server:
         self.proc.stop()
 
 
-def ours(work: Path, log_enabled: bool) -> Server:
+def ours(work: Path, log_enabled: bool, extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     name = "ours" if log_enabled else "ours-nolog"
     data = work / f"{name}-data"
@@ -162,6 +162,7 @@ def ours(work: Path, log_enabled: bool) -> Server:
         "INFERENCE_LOG_ENABLED": str(log_enabled).lower(),
         "LOG_LEVEL": "WARNING",
         "INFERENCE_WORKERS": "1",
+        **(extra_env or {}),
     }
     return Server(
         name,
@@ -396,6 +397,14 @@ def main() -> None:
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--rows", type=int, default=3000, help="training rows")
     ap.add_argument("--servers", default="ours,ours-nolog,mlflow,bare")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes (e.g. 100,1000)")
+    ap.add_argument("--conc", default=",".join(map(str, CONCURRENCY)), help="concurrency levels (e.g. 1,8)")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for our service (repeatable), e.g. INFERENCE_THREADS=2",
+    )
     ap.add_argument("--out", default=str(BENCH / "results.md"))
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
@@ -407,9 +416,12 @@ def main() -> None:
         prep = prepare(work, args.rows, args.trees)
         model_file = prep["export"] / "model.joblib"
         wanted = args.servers.split(",")
+        extra = dict(kv.split("=", 1) for kv in args.env)
+        batches = [int(x) for x in args.batches.split(",")]
+        concs = [int(x) for x in args.conc.split(",")]
         factories = {
-            "ours": lambda: ours(work, True),
-            "ours-nolog": lambda: ours(work, False),
+            "ours": lambda: ours(work, True, extra),
+            "ours-nolog": lambda: ours(work, False, extra),
             "mlflow": lambda: mlflow_serve(work, log_to_mlflow(work, prep["pipeline"], prep["X"])),
             "bare": lambda: bare(work, model_file),
         }
@@ -433,8 +445,8 @@ def main() -> None:
             # every cell runs the servers one after the other (idle servers use no CPU), `rounds` times in
             # rotating order; the best round per server is kept: on a machine shared with other work this
             # compares the servers under the same background load instead of minutes apart
-            for n in BATCHES:
-                for c in CONCURRENCY:
+            for n in batches:
+                for c in concs:
                     runs: dict[str, list[dict[str, float]]] = {name: [] for name in wanted}
                     for k in range(args.rounds):
                         order = wanted[k % len(wanted) :] + wanted[: k % len(wanted)]

@@ -193,7 +193,8 @@ def test_database_down_drops_are_counted(
     with TestClient(create_app(s)) as c:
         for _ in range(5):
             assert c.post("/predict", json={"records": fitted.records[:10]}).status_code == 200
-        h = c.get("/health").json()
+        # the writer thread reports the error once its first connection attempt has failed
+        h = wait_for(lambda: (lambda j: j if j["log_db_error"] else None)(c.get("/health").json()))
         assert h["log_queue_depth"] == 30 and h["log_dropped"] == 20 and h["log_db_error"]
         assert c.get("/model").json()["prediction_log"]["dropped"] == 20
         assert "inference_log_dropped_total 20.0" in c.get("/metrics").text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from gradeflow_shared.logging import configure_logging
 from .config import InferenceSettings, get_settings
 from .metrics import Metrics, MetricsMiddleware
 from .model import LoadedModel, ModelManager
-from .predlog import PredictionLog
+from .predlog import PredictionLog, new_batch_key, request_ids
 from .schema import Batch, example_record
 
 logger = logging.getLogger(__name__)
@@ -133,15 +132,6 @@ def _parse(body: bytes, model: LoadedModel, max_records: int) -> tuple[list[Any]
     )
 
 
-def new_request_ids(n: int) -> list[str]:
-    """n unique 32-hex request ids, time-ordered like UUIDv7 (48-bit ms clock + 80 random bits).
-
-    Ordered ids keep the log's unique index append-mostly (cheaper inserts than random UUIDs)."""
-    prefix = f"{time.time_ns() // 1_000_000:012x}"
-    rnd = os.urandom(10 * n).hex()
-    return [prefix + rnd[i : i + 20] for i in range(0, 20 * n, 20)]
-
-
 def _run_predict(model: LoadedModel, records: list[Any], batch: bool) -> tuple[Batch, list[float]]:
     b = model.validator.validate(records, batch)
     return b, model.predict(b)
@@ -214,11 +204,14 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             loop = asyncio.get_running_loop()
             b, preds = await loop.run_in_executor(state.executor, _run_predict, model, records, batch)
         version = model.manifest.version
-        ids = new_request_ids(b.n)
+        key = new_batch_key()
+        ids = request_ids(key, b.n)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         if state.log_enabled:
-            now = time.time()
-            state.log.submit([(ids[i], now, version, records[i], preds[i], latency_ms) for i in range(b.n)])
+            # one log entry per request: the validated body as received (a batch body as is, one record
+            # wrapped in [...]) and the predictions; the writer thread does the rest
+            blob = body if batch else b"[" + body + b"]"
+            state.log.submit((key, time.time(), version, blob, preds, latency_ms, b.n))
         m = state.metrics
         m.predictions.labels(str(version)).inc(b.n)
         if b.unseen:
@@ -227,7 +220,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         out = orjson.dumps(
             {
                 "model_version": version,
-                "predictions": [{"request_id": ids[i], "prediction": preds[i]} for i in range(b.n)],
+                "predictions": [{"request_id": r, "prediction": p} for r, p in zip(ids, preds, strict=True)],
             }
         )
         return Response(out, media_type="application/json")

@@ -61,7 +61,11 @@ class InferenceSettings(BaseServiceSettings):
         "(LOG_SHUTDOWN_TIMEOUT).",
     )
     max_batch_records: int = Field(
-        default=10_000, ge=1, description="Most records accepted in one POST /predict (MAX_BATCH_RECORDS)."
+        default=10_000,
+        ge=1,
+        le=10_000,
+        description="Most records accepted in one POST /predict (MAX_BATCH_RECORDS; at most 10,000: the "
+        "prediction log derives record ids as batch id * 10,000 + position).",
     )
     verify_tolerance: float = Field(
         default=0.05,

@@ -11,15 +11,24 @@ logger = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
-predictions = sa.Table(
-    "predictions",
+# One row per POST /predict (a "batch"): the request's records as one JSON blob and the predictions as one
+# JSON array. Per-record ids and request ids are derived (see predlog.py):
+#   record id  = batch id * ID_STRIDE + position   (position < n <= ID_STRIDE)
+#   request id = batch_key + f"{first_index + position:04x}"  (batch_key: 28 hex; first_index -1: the
+#                request id is batch_key itself, for migrated rows with a non-standard request id)
+ID_STRIDE = 10_000
+
+prediction_batches = sa.Table(
+    "prediction_batches",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("batch_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("first_index", sa.Integer, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
     sa.Column("ts", sa.DateTime, nullable=False, index=True),  # naive UTC
     sa.Column("model_version", sa.Integer, nullable=False),
-    sa.Column("features", sa.Text, nullable=False),  # JSON object
-    sa.Column("prediction", sa.Float, nullable=False),
+    sa.Column("records", sa.Text, nullable=False),  # JSON: [record, ...] or {"records": [record, ...]}
+    sa.Column("predictions", sa.Text, nullable=False),  # JSON array of n numbers
     sa.Column("latency_ms", sa.Float, nullable=False),
 )
 
@@ -29,6 +38,9 @@ feedback = sa.Table(
     sa.Column("request_id", sa.String(64), primary_key=True),
     sa.Column("actual", sa.Float, nullable=False),
     sa.Column("feedback_at", sa.DateTime, nullable=False),  # naive UTC
+    # the request id split into its batch key and index (see above), for the join with prediction_batches
+    sa.Column("batch_key", sa.String(64), nullable=False, index=True),
+    sa.Column("idx", sa.Integer, nullable=False),
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "alembic"

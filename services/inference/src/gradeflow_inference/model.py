@@ -28,7 +28,7 @@ import numpy as np
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.manifest import Manifest, read_manifest, verify_files
 
-from .schema import MISSING_CATEGORY, Batch, RecordValidator
+from .schema import MISSING_CATEGORY, Batch, RecordValidator, object_column
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def sklearn_frame(validator: RecordValidator, batch: Batch) -> Any:
         if f.numeric:
             data[f.name] = np.array(col, dtype=np.float64)
         else:
-            data[f.name] = np.array([np.nan if v is None else v for v in col], dtype=object)
+            data[f.name] = object_column(col, np.nan)
     return pd.DataFrame(data, columns=[f.name for f in validator.features])
 
 

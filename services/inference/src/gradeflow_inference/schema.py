@@ -17,7 +17,9 @@ the record index):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -48,7 +50,8 @@ class Batch:
     """Validated records as columns: numeric -> float32 [N,1] (NaN = missing), categorical -> object [N,1]."""
 
     n: int
-    columns: dict[str, Any]  # feature -> list (or float64 array for numeric columns of big batches)
+    # feature -> list or tuple of values (float64 array for numeric columns of big batches)
+    columns: dict[str, Any]
     unseen: dict[str, int] = field(default_factory=dict)  # feature -> count of unseen categories
 
     def onnx_feed(self, validator: RecordValidator) -> dict[str, np.ndarray]:
@@ -58,10 +61,17 @@ class Batch:
             if f.numeric:
                 feed[f.name] = np.asarray(col, dtype=np.float32).reshape(self.n, 1)
             else:
-                feed[f.name] = np.array(
-                    [MISSING_CATEGORY if v is None else v for v in col], dtype=object
-                ).reshape(self.n, 1)
+                feed[f.name] = object_column(col, MISSING_CATEGORY).reshape(self.n, 1)
         return feed
+
+
+def object_column(col: Any, missing: Any) -> np.ndarray:
+    """A 1-d object array of the values in ``col`` with None replaced by ``missing`` (vectorised)."""
+    arr = np.empty(len(col), dtype=object)
+    arr[:] = col
+    if None in col:
+        arr[np.equal(arr, None)] = missing  # type: ignore[call-overload]
+    return arr
 
 
 def _type_name(v: Any) -> str:
@@ -86,6 +96,11 @@ class RecordValidator:
     def __init__(self, manifest: Manifest) -> None:
         self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in manifest.features)
         self.names: frozenset[str] = frozenset(f.name for f in self.features)
+        order = [f.name for f in self.features]
+        # one C call per record: the values of all features as a tuple, in feature order
+        self._row: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            itemgetter(*order) if len(order) > 1 else (lambda rec, k=order[0]: (rec[k],))  # type: ignore[misc]
+        )
 
     @staticmethod
     def _compile(f: FeatureSpec) -> _Feature:
@@ -111,18 +126,18 @@ class RecordValidator:
         return self._validate_records(records, batch)
 
     def _validate_columns(self, records: list[Any]) -> Batch | None:
-        nn = len(self.names)
-        for rec in records:
-            if type(rec) is not dict or len(rec) != nn:
-                return None
+        """The fast path: no Python work per record (C-level map/zip/set, numpy); None = let the
+        record-by-record path decide (and name the field and index of every problem)."""
+        if set(map(type, records)) != {dict} or set(map(len, records)) != {len(self.names)}:
+            return None  # not all objects, or a missing/extra key somewhere
+        try:
+            rows = list(map(self._row, records))
+        except KeyError:
+            return None
         columns: dict[str, Any] = {}
         unseen: dict[str, int] = {}
-        for f in self.features:
+        for f, col in zip(self.features, zip(*rows, strict=True), strict=True):
             name = f.name
-            try:
-                col = [rec[name] for rec in records]
-            except KeyError:
-                return None
             types = set(map(type, col))
             if _NONE in types and not f.nullable:
                 return None
@@ -145,9 +160,12 @@ class RecordValidator:
                     return None
                 cats = f.categories
                 if cats is not None:
-                    k = sum(1 for v in col if v not in cats and v is not None)
-                    if k:
-                        unseen[name] = k
+                    new = set(col).difference(cats)
+                    new.discard(None)
+                    if new:
+                        unseen[name] = (
+                            sum(map(col.count, new)) if len(new) <= 8 else sum(v in new for v in col)
+                        )
                 columns[name] = col
         return Batch(n=len(records), columns=columns, unseen=unseen)
 
