@@ -19,7 +19,9 @@ def _env_table_module():  # scripts/ is not a package
 
 def test_readme_lists_every_environment_variable() -> None:
     readme = (REPO / "README.md").read_text()
-    assert _env_table_module().table() in readme, "README is stale: run `python scripts/env_table.py README.md`"
+    assert _env_table_module().table() in readme, (
+        "README is stale: run `python scripts/env_table.py README.md`"
+    )
 
 
 def test_every_make_target_has_help() -> None:
