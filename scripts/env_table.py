@@ -26,10 +26,7 @@ def rows(cls: type[BaseSettings], skip: set[str]) -> list[str]:
         if name in skip:
             continue
         default = field.default
-        if default is None or default == "":
-            shown = "(empty)"
-        else:
-            shown = f"`{default}`"
+        shown = "(empty)" if default is None or default == "" else f"`{default}`"
         desc = (field.description or "").replace("|", "\\|")
         out.append(f"| `{name.upper()}` | {shown} | {desc} |")
     return out
