@@ -228,3 +228,29 @@ def test_invalid_json_spec(tmp_path: Path) -> None:
     p.write_text('{"name": "x"}')  # no target
     with pytest.raises(DatasetError, match="invalid dataset spec"):
         load_spec(str(p))
+
+
+def test_uci_specs_declare_the_documented_schema() -> None:
+    """student.txt's types, codes and bounds reach the manifest (so inference can refuse age 40)."""
+    from gradeflow_shared.datasets import feature_specs, load_dataset, load_spec
+
+    for name in ("uci-por", "uci-mat"):
+        spec = load_spec(name)
+        if spec.path is None or not Path(spec.path).is_file():
+            pytest.skip(f"{spec.path} not found (the team's shared/data folder is not beside the repo)")
+        X, _, cols = load_dataset(spec)
+        feats = {f.name: f for f in feature_specs(cols, X)}
+        assert len(feats) == 30 and "G1" not in feats and "G2" not in feats
+        assert (feats["age"].min, feats["age"].max) == (15, 22)
+        assert (feats["absences"].min, feats["absences"].max) == (0, 93)
+        assert feats["Mjob"].kind == "categorical" and set(feats["Mjob"].categories or []) <= {
+            "teacher",
+            "health",
+            "services",
+            "at_home",
+            "other",
+        }
+        for f in feats.values():
+            if f.kind == "numeric":
+                assert f.min is not None and f.max is not None
+                assert f.min <= (f.train_min or 0) and (f.train_max or 0) <= f.max

@@ -62,6 +62,52 @@ class DatasetSpec(BaseModel):
 
 
 # ------------------------------------------------------------------ builtin specs
+def _uci_columns() -> list[ColumnSpec]:
+    """The 30 UCI features as described in the archive's student.txt (types, codes, bounds)."""
+
+    def num(name: str, lo: float, hi: float, desc: str) -> ColumnSpec:
+        return ColumnSpec(name=name, kind="numeric", dtype="int", min=lo, max=hi, description=desc)
+
+    def cat(name: str, values: list[str], desc: str) -> ColumnSpec:
+        return ColumnSpec(name=name, kind="categorical", dtype="str", categories=values, description=desc)
+
+    yes_no = ["yes", "no"]
+    jobs = ["teacher", "health", "services", "at_home", "other"]
+    edu = "0 none, 1 primary (4th grade), 2 5th-9th grade, 3 secondary, 4 higher"
+    return [
+        cat("school", ["GP", "MS"], "GP Gabriel Pereira or MS Mousinho da Silveira"),
+        cat("sex", ["F", "M"], "student's sex"),
+        num("age", 15, 22, "student's age"),
+        cat("address", ["U", "R"], "home address: urban or rural"),
+        cat("famsize", ["LE3", "GT3"], "family size <= 3 or > 3"),
+        cat("Pstatus", ["T", "A"], "parents living together or apart"),
+        num("Medu", 0, 4, f"mother's education ({edu})"),
+        num("Fedu", 0, 4, f"father's education ({edu})"),
+        cat("Mjob", jobs, "mother's job"),
+        cat("Fjob", jobs, "father's job"),
+        cat("reason", ["home", "reputation", "course", "other"], "reason to choose this school"),
+        cat("guardian", ["mother", "father", "other"], "student's guardian"),
+        num("traveltime", 1, 4, "home to school: 1 <15 min, 2 15-30 min, 3 30-60 min, 4 >1 h"),
+        num("studytime", 1, 4, "weekly study: 1 <2 h, 2 2-5 h, 3 5-10 h, 4 >10 h"),
+        num("failures", 0, 4, "past class failures (n if 1<=n<3, else 4)"),
+        cat("schoolsup", yes_no, "extra educational support"),
+        cat("famsup", yes_no, "family educational support"),
+        cat("paid", yes_no, "extra paid classes in the course subject"),
+        cat("activities", yes_no, "extra-curricular activities"),
+        cat("nursery", yes_no, "attended nursery school"),
+        cat("higher", yes_no, "wants to take higher education"),
+        cat("internet", yes_no, "Internet access at home"),
+        cat("romantic", yes_no, "in a romantic relationship"),
+        num("famrel", 1, 5, "quality of family relationships (1 very bad - 5 excellent)"),
+        num("freetime", 1, 5, "free time after school (1 very low - 5 very high)"),
+        num("goout", 1, 5, "going out with friends (1 very low - 5 very high)"),
+        num("Dalc", 1, 5, "workday alcohol consumption (1 very low - 5 very high)"),
+        num("Walc", 1, 5, "weekend alcohol consumption (1 very low - 5 very high)"),
+        num("health", 1, 5, "current health status (1 very bad - 5 very good)"),
+        num("absences", 0, 93, "number of school absences"),
+    ]
+
+
 def _builtin(name: str) -> DatasetSpec | None:
     if name == "synthetic":
         from .synth import synthetic_spec
@@ -78,6 +124,7 @@ def _builtin(name: str) -> DatasetSpec | None:
             target_max=20,
             # G1 / G2 are the first and second period grades of the same year: they leak the target.
             drop=["G1", "G2"],
+            columns=_uci_columns(),
             description=f"UCI Student Performance ({'Portuguese' if course == 'por' else 'Mathematics'})",
         )
     if name == "spf":
