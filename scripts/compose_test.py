@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from gradeflow_shared.loop import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
 SERVICES = ["mlflow", "trainer", "inference", "monitor"]
@@ -72,20 +74,6 @@ class Compose:
         for svc in self.output("ps", "-a", "--services").split():
             print(f"\n----- {svc} log -----", flush=True)
             self.run("logs", "--no-color", "--tail", "200", svc, check=False)
-
-
-def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
-    t0 = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - t0 < timeout:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last})" if last else ""))
 
 
 def up_wait(compose: Compose, trainer_url: str, timeout: int) -> None:
