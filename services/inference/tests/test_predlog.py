@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import sqlalchemy as sa
 
-from gradeflow_inference.predlog import PredictionLog, new_batch_key, request_ids
+from gradeflow_inference.predlog import PredictionLog, new_batch_key, predict_response, request_ids
 from gradeflow_shared.contracts import FeedbackItem
 
 
@@ -159,3 +160,24 @@ def test_migration_from_per_record_rows(tmp_path: Path) -> None:
     log.stop()
     with sa.create_engine(url).connect() as c:
         assert "predictions" not in sa.inspect(c).get_table_names()
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 1000, 10_000])
+def test_predict_response_is_the_plain_json_encoding(n: int) -> None:
+    """The loop-free /predict body is byte for byte the dict encoding (ids from request_ids)."""
+    key = new_batch_key()
+    preds = [((i * 7919) % 1000) / 37.0 - 3.0 for i in range(n)]
+    if n == 17:
+        preds[3] = float("nan")  # encoded as null, as orjson does
+    expected = orjson.dumps(
+        {
+            "model_version": 12,
+            "predictions": [
+                {"request_id": r, "prediction": p} for r, p in zip(request_ids(key, n), preds, strict=True)
+            ],
+        }
+    )
+    assert predict_response(12, key, preds) == expected
+    assert predict_response(12, key, np.asarray(preds)) == expected
+    with pytest.raises(ValueError):
+        predict_response(12, key, [])

@@ -124,8 +124,26 @@ def test_big_batch_fast_path_matches_record_path(manifest: Manifest) -> None:
         assert fast.onnx_feed(v)[name].tolist() == slow.onnx_feed(v)[name].tolist() or name == "hours"
     assert str(fast.onnx_feed(v)["hours"].tolist()) == str(slow.onnx_feed(v)["hours"].tolist())  # NaN-aware
     # one bad value deep in a big batch: the same precise error as the record path, with its index
-    for bad in ({"age": 30}, {"age": 16.5}, {"hours": "3"}, {"school": 3}, {"strict": None}, {"extra": 1}):
+    for bad in (
+        {"age": 30},
+        {"age": 16.5},
+        {"hours": "3"},
+        {"school": 3},
+        {"school": True},
+        {"school": ["public"]},
+        {"strict": None},
+        {"extra": 1},
+    ):
         broken = [dict(r) for r in recs]
         broken[33].update(bad)
         details = problems(v, broken, batch=True)
         assert [d["index"] for d in details] == [33]
+    # a schema key swapped for an unknown one (same number of keys): missing + extra_forbidden, index 33
+    broken = [dict(r) for r in recs]
+    del broken[33]["hours"]
+    broken[33]["hourz"] = 1.0
+    details = problems(v, broken, batch=True)
+    assert {(d["index"], d["field"], d["rule"]) for d in details} == {
+        (33, "hourz", "extra_forbidden"),
+        (33, "hours", "missing"),
+    }

@@ -22,7 +22,7 @@ from gradeflow_shared.logging import configure_logging
 from .config import InferenceSettings, get_settings
 from .metrics import Metrics, MetricsMiddleware
 from .model import LoadedModel, ModelManager
-from .predlog import PredictionLog, new_batch_key, request_ids
+from .predlog import PredictionLog, new_batch_key, predict_response
 from .schema import Batch, example_record
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,6 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             b, preds = await loop.run_in_executor(state.executor, _run_predict, model, records, batch)
         version = model.manifest.version
         key = new_batch_key()
-        ids = request_ids(key, b.n)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         if state.log_enabled:
             # one log entry per request: the validated body as received (a batch body as is, one record
@@ -217,13 +216,8 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         if b.unseen:
             for feat, cnt in b.unseen.items():
                 m.unseen.labels(feat).inc(cnt)
-        out = orjson.dumps(
-            {
-                "model_version": version,
-                "predictions": [{"request_id": r, "prediction": p} for r, p in zip(ids, preds, strict=True)],
-            }
-        )
-        return Response(out, media_type="application/json")
+        # request ids = batch key + index (predlog.request_ids), encoded without a loop per record
+        return Response(predict_response(version, key, preds), media_type="application/json")
 
     @app.post("/feedback", response_model=FeedbackResponse, summary="Store true outcomes for request ids")
     def post_feedback(body: FeedbackRequest, state: StateDep) -> FeedbackResponse:

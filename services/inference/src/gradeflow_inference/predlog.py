@@ -63,6 +63,32 @@ def request_ids(batch_key: str, n: int) -> list[str]:
     return [f"{batch_key}{i:04x}" for i in range(n)]
 
 
+@functools.lru_cache(maxsize=1)
+def _index_parts() -> tuple[bytes, ...]:
+    # the JSON text after the batch key of record i's request id, up to its prediction value
+    return tuple(b'%04x","prediction":' % i for i in range(ID_STRIDE))
+
+
+def predict_response(version: int, batch_key: str, predictions: Sequence[float]) -> bytes:
+    """The JSON answer of POST /predict, built without Python code per record.
+
+    Byte for byte ``orjson.dumps({"model_version": version, "predictions": [{"request_id": rid,
+    "prediction": p}, ...]})`` with ``rid`` from request_ids(batch_key, n): orjson encodes the
+    predictions once, and the records are joined from a cached table of index suffixes (slice
+    assignments and one bytes.join, all in C)."""
+    n = len(predictions)
+    if n == 0 or n > ID_STRIDE:
+        raise ValueError(f"a batch holds 1..{ID_STRIDE} predictions, got {n}")
+    key = batch_key.encode()
+    values = orjson.dumps(predictions, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    parts = [b'},{"request_id":"' + key] * (3 * n)
+    parts[0] = b'{"model_version":%d,"predictions":[{"request_id":"%s' % (version, key)
+    parts[1::3] = _index_parts()[:n]
+    parts[2::3] = values
+    parts.append(b"}]}")
+    return b"".join(parts)
+
+
 def split_request_id(request_id: str) -> tuple[str, int]:
     """(batch key, index) of a request id; ids not made by request_ids() map to (the id, -1)."""
     if len(request_id) == 32 and _HEX32.fullmatch(request_id):

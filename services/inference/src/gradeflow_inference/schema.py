@@ -96,10 +96,9 @@ class RecordValidator:
     def __init__(self, manifest: Manifest) -> None:
         self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in manifest.features)
         self.names: frozenset[str] = frozenset(f.name for f in self.features)
-        order = [f.name for f in self.features]
-        # one C call per record: the values of all features as a tuple, in feature order
-        self._row: Callable[[dict[str, Any]], tuple[Any, ...]] = (
-            itemgetter(*order) if len(order) > 1 else (lambda rec, k=order[0]: (rec[k],))  # type: ignore[misc]
+        # one getter per feature: a column is list(map(getter, records)), a loop in C
+        self._getters: tuple[Callable[[dict[str, Any]], Any], ...] = tuple(
+            itemgetter(f.name) for f in self.features
         )
 
     @staticmethod
@@ -130,19 +129,17 @@ class RecordValidator:
         record-by-record path decide (and name the field and index of every problem)."""
         if set(map(type, records)) != {dict} or set(map(len, records)) != {len(self.names)}:
             return None  # not all objects, or a missing/extra key somewhere
-        try:
-            rows = list(map(self._row, records))
-        except KeyError:
-            return None
         columns: dict[str, Any] = {}
         unseen: dict[str, int] = {}
-        for f, col in zip(self.features, zip(*rows, strict=True), strict=True):
+        for f, get in zip(self.features, self._getters, strict=True):
             name = f.name
-            types = set(map(type, col))
-            if _NONE in types and not f.nullable:
-                return None
+            try:
+                col = list(map(get, records))
+            except KeyError:
+                return None  # a key of the schema is missing (and an unknown one is there instead)
             if f.numeric:
-                if f.dtype == "bool" or not types <= _NUM_TYPES:
+                types = set(map(type, col))
+                if (_NONE in types and not f.nullable) or f.dtype == "bool" or not types <= _NUM_TYPES:
                     return None
                 arr = np.array(col, dtype=np.float64)  # None -> NaN
                 present = arr[~np.isnan(arr)] if _NONE in types else arr
@@ -156,11 +153,16 @@ class RecordValidator:
                     return None
                 columns[name] = arr
             else:
-                if not types <= _STR_TYPES:
+                try:
+                    distinct = set(col)  # few distinct values: check their types, not every value's
+                except TypeError:
+                    return None  # an array or object value
+                types = set(map(type, distinct))  # (a str never equals a non-str: none hides another)
+                if (_NONE in types and not f.nullable) or not types <= _STR_TYPES:
                     return None
                 cats = f.categories
                 if cats is not None:
-                    new = set(col).difference(cats)
+                    new = distinct.difference(cats)
                     new.discard(None)
                     if new:
                         unseen[name] = (
