@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from gradeflow_shared.loop import to_records
 from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
 
 BENCH = Path(__file__).resolve().parent
@@ -40,7 +41,6 @@ CAPS = {1: 20_000, 100: 4_000, 1000: 600}
 
 # ------------------------------------------------------------------ model and bodies
 def prepare(work: Path, rows: int, trees: int) -> dict[str, Any]:
-    import pandas as pd
 
     from gradeflow_shared.synth import COLUMNS, TARGET, generate
     from gradeflow_trainer.export import export_model
@@ -65,14 +65,7 @@ def prepare(work: Path, rows: int, trees: int) -> dict[str, Any]:
         metrics={},
         reference_rows=500,
     )
-    req = generate(1000, seed=7)[names]
-    records = []
-    for rec in req.to_dict(orient="records"):
-        out: dict[str, Any] = {}
-        for c in COLUMNS:
-            v = rec[c.name]
-            out[c.name] = None if pd.isna(v) else (float(v) if c.kind == "numeric" else str(v))
-        records.append(out)
+    records = to_records(generate(1000, seed=7)[names])
     bodies: dict[tuple[str, int], Path] = {}
     for n in BATCHES:
         for kind, payload in (

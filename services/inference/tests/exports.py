@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gradeflow_shared import manifest as mf
+from gradeflow_shared.loop import to_records
 
 
 @dataclass
@@ -25,7 +26,6 @@ class Fitted:
 
 
 def fit_and_export(root: Path, rows: int = 400) -> Fitted:
-    import numpy as np
 
     from gradeflow_shared.synth import COLUMNS, TARGET, generate
     from gradeflow_trainer.export import export_model
@@ -53,19 +53,7 @@ def fit_and_export(root: Path, rows: int = 400) -> Fitted:
             metrics={"rmse": 1.0 + i},
             reference_rows=200,
         )
-    test = generate(50, seed=1)[names]
-    records = []
-    for rec in test.to_dict(orient="records"):
-        out: dict[str, Any] = {}
-        for c in COLUMNS:
-            v = rec[c.name]
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                out[c.name] = None
-            elif c.kind == "numeric":
-                out[c.name] = int(v) if c.dtype == "int" else float(v)
-            else:
-                out[c.name] = str(v)
-        records.append(out)
+    records = to_records(generate(50, seed=1)[names])
     return Fitted(seed_dir=seed_dir, exports=exports, records=records)
 
 
