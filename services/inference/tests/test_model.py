@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import gf_inference_test_exports as exports  # registered by conftest.py
 import pytest
 
-from gradeflow_inference.model import ModelManager, load_export
+from gradeflow_inference.model import (
+    LoadedModel,
+    ModelManager,
+    _reference_batch,
+    load_export,
+    measure_crossover,
+)
+from gradeflow_inference.schema import Batch
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.manifest import point_current
 
@@ -66,3 +75,38 @@ def test_manager_keeps_old_model_on_bad_export(tmp_path: Path, fitted: exports.F
     point_current(d, good.export_dir)
     mgr.check_once()
     assert mgr.current.version == 1
+
+
+class _SlowOnnx:
+    """An onnxruntime session that is `extra` seconds slower on its first `first` calls with `rows` rows."""
+
+    def __init__(self, sess: object, rows: int, extra: float, first: int) -> None:
+        self.sess, self.rows, self.extra, self.left = sess, rows, extra, first
+
+    def run(self, names: list[str], feed: dict[str, object]) -> object:
+        if len(next(iter(feed.values()))) == self.rows and self.left > 0:  # type: ignore[arg-type]
+            self.left -= 1
+            time.sleep(self.extra)
+        return self.sess.run(names, feed)  # type: ignore[attr-defined]
+
+
+def _ref(m: LoadedModel, fitted: exports.Fitted) -> Batch:
+    return _reference_batch(m.validator, fitted.records[:50])
+
+
+def test_crossover_not_fooled_by_a_load_burst(fitted: exports.Fitted) -> None:
+    """A burst of load while the ONNX path is timed at 1000 rows must not hand 1000-row batches to the
+    (slower) scikit-learn path for good: the paths take turns, and the best time of each counts."""
+    m = load_export(fitted.exports["rf"])
+    burst = _SlowOnnx(m.onnx, rows=1000, extra=0.25, first=3)
+    threshold, timings = measure_crossover(burst, m.onnx_output, m.sklearn, m.validator, _ref(m, fitted))
+    assert burst.left == 0  # the burst did hit the measurement
+    assert math.isinf(threshold), timings
+    assert timings["1000"]["onnx"] < 250, timings
+
+
+def test_crossover_picks_sklearn_when_onnx_is_slower(fitted: exports.Fitted) -> None:
+    m = load_export(fitted.exports["rf"])
+    slow = _SlowOnnx(m.onnx, rows=100, extra=0.25, first=10**6)  # always slow at 100 rows
+    threshold, timings = measure_crossover(slow, m.onnx_output, m.sklearn, m.validator, _ref(m, fitted))
+    assert threshold == 100.0, timings
