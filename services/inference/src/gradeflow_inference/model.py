@@ -312,9 +312,11 @@ def measure_crossover(
     threshold = math.inf
     for n in CROSSOVER_SIZES:
         b = _tile(ref, n)
-        run_onnx = lambda b=b: sess.run([out_name], b.onnx_feed(validator))  # noqa: E731
-        run_sk = lambda b=b: sklearn_predict(pipeline, validator, b)  # noqa: E731
-        t_onnx, t_sk = _best_alternating(run_onnx, run_sk, reps)
+        t_onnx, t_sk = _best_alternating(
+            lambda b=b: sess.run([out_name], b.onnx_feed(validator)),
+            lambda b=b: sklearn_predict(pipeline, validator, b),
+            reps,
+        )
         timings[str(n)] = {"onnx": round(t_onnx * 1000, 3), "sklearn": round(t_sk * 1000, 3)}
         if t_sk < t_onnx * 0.9 and math.isinf(threshold):
             threshold = float(n)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -31,11 +31,9 @@ from gradeflow_shared.settings import check_admin_token
 from . import mlflow_io as mio
 from . import service
 from .config import TrainerSettings, get_settings
-from .jobs import JobRunner, Progress
+from .jobs import JobRunner, Progress, TrainFn
 
 logger = logging.getLogger(__name__)
-
-TrainFn = Callable[[RetrainRequest, Progress], TrainResult]
 
 
 def _bootstrap(settings: TrainerSettings, runner: JobRunner, stop: threading.Event) -> None:

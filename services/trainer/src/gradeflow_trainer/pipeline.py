@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +34,8 @@ from sklearn.preprocessing import OneHotEncoder
 
 from gradeflow_shared.errors import ExportError
 
+from .jobs import Progress
+
 logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "__missing__"
@@ -49,9 +51,6 @@ class _Column(Protocol):
 
     @property
     def kind(self) -> str: ...
-
-
-Progress = Callable[[str, float], None]
 
 
 # ------------------------------------------------------------------ data

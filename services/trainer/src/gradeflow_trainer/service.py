@@ -16,7 +16,6 @@ import json
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,11 @@ from . import mlflow_io as mio
 from .config import TrainerSettings
 from .export import export_model, load_export
 from .history import History, champion_stack, from_compact, make_event, rollback_target, to_compact
+from .jobs import Progress
 from .pipeline import evaluate, fit, naive_metrics, prepare_frame, split
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, float], None]
 CHAMPION_LOCK = threading.RLock()
 HISTORY_TAG = "gradeflow.champion_history"
 EVENTS_TAG = "gradeflow.promotions"
