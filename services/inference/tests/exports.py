@@ -7,6 +7,7 @@ The trainer is imported here only: tests may use it, the inference package never
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,21 +71,32 @@ def republish(model_dir: Path, src: Path, version: int, reason: str = "test") ->
 
 def publish_corrupt(model_dir: Path, src: Path, version: int, how: str = "sha") -> Path:
     """Publish an export that must be refused: ``sha`` (model bytes changed after hashing),
-    ``onnx`` (garbage ONNX with a matching checksum) or ``manifest`` (unparseable manifest)."""
-    final = republish(model_dir, src, version, reason=f"corrupt-{how}")
+    ``onnx`` (garbage ONNX with a matching checksum) or ``manifest`` (unparseable manifest).
+
+    The export is built and damaged in a scratch folder next to ``model_dir`` and only then moved
+    into ``versions/`` and pointed to: a watching service never sees it intact (damaging it after
+    ``current`` moved let a service load it in between, a valid export at that moment)."""
+    model_dir = Path(model_dir)
+    scratch = model_dir.parent / f".corrupt-{model_dir.name}-{version}-{os.getpid()}"
+    built = republish(scratch, src, version, reason=f"corrupt-{how}")
+    final = model_dir / mf.VERSIONS / built.name
     if how == "sha":
-        p = final / mf.MODEL_FILE
+        p = built / mf.MODEL_FILE
         data = bytearray(p.read_bytes())
         data[len(data) // 2] ^= 0xFF
         p.write_bytes(bytes(data))
     elif how == "onnx":
-        p = final / mf.ONNX_FILE
+        p = built / mf.ONNX_FILE
         p.write_bytes(b"this is not an onnx graph")
-        m = json.loads((final / mf.MANIFEST_FILE).read_text())
-        m["files"]["onnx"] = mf.file_entry(final, mf.ONNX_FILE).model_dump()
-        (final / mf.MANIFEST_FILE).write_text(json.dumps(m))
+        m = json.loads((built / mf.MANIFEST_FILE).read_text())
+        m["files"]["onnx"] = mf.file_entry(built, mf.ONNX_FILE).model_dump()
+        (built / mf.MANIFEST_FILE).write_text(json.dumps(m))
     elif how == "manifest":
-        (final / mf.MANIFEST_FILE).write_text("{not json")
+        (built / mf.MANIFEST_FILE).write_text("{not json")
     else:
         raise ValueError(how)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(built, final)
+    shutil.rmtree(scratch)
+    mf.point_current(model_dir, final, reason=f"corrupt-{how}", version=version)
     return final
