@@ -120,6 +120,13 @@ class LoggedPrediction(BaseModel):
     feedback_at: datetime | None = None
 
 
+# The columns of a logged prediction other than its features (a frame of the log = features + these).
+LOG_META_COLUMNS: tuple[str, ...] = tuple(n for n in LoggedPrediction.model_fields if n != "features")
+# A logged record's id is (its request's batch id) * RECORD_ID_STRIDE + (its position in the batch), so
+# ids ascend in log order and one request holds at most RECORD_ID_STRIDE records.
+RECORD_ID_STRIDE = 10_000
+
+
 class PredictionPage(BaseModel):
     items: list[LoggedPrediction]
     next_since_id: int | None = Field(description="Pass as since_id to get the next page; None at the end.")

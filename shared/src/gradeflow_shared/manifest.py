@@ -21,6 +21,7 @@ any point leaves the previous ``current`` intact. The newest ``keep`` versions a
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -43,6 +44,9 @@ CURRENT = "current"
 VERSIONS = "versions"
 HISTORY = "history.jsonl"
 FORMAT_VERSION = 1
+# The export contract's placeholder for a missing categorical value: the trainer's imputer fills it, the ONNX
+# feed carries it for a missing string, and a reference sample may hold it for a missing value.
+MISSING_CATEGORY = "__missing__"
 
 
 class FeatureSpec(BaseModel):
@@ -86,12 +90,6 @@ class Manifest(BaseModel):
     libraries: dict[str, str] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     reason: str = ""
-
-    def feature(self, name: str) -> FeatureSpec:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise KeyError(name)
 
     @property
     def feature_names(self) -> list[str]:
@@ -164,6 +162,49 @@ def verify_files(export_dir: Path, manifest: Manifest, keys: tuple[str, ...] = (
         digest = sha256_file(path)
         if digest != entry.sha256:
             raise ExportError(f"{key} file {path} sha256 {digest[:12]} != manifest {entry.sha256[:12]}")
+
+
+def read_reference_records(
+    export_dir: Path, manifest: Manifest, rows: int | None = None
+) -> list[dict[str, Any]]:
+    """The reference sample's records (the first ``rows``, or all), typed per the manifest's features.
+
+    Missing values (empty or ``MISSING_CATEGORY``) become None; the target column, when present, is kept
+    as a float under its own name. Pure ``csv``: readers that must stay light (inference) use it as is,
+    the monitor builds a DataFrame from it. Raises ExportError on an unreadable or empty file.
+    """
+    entry = manifest.files.get("reference")
+    name = entry.path if entry is not None else REFERENCE_FILE
+    out: list[dict[str, Any]] = []
+    try:
+        with open(Path(export_dir) / name, newline="") as fh:
+            for row in csv.DictReader(fh):
+                rec: dict[str, Any] = {}
+                for f in manifest.features:
+                    raw = row.get(f.name)
+                    if raw is None:
+                        raise ExportError(f"{name} has no column {f.name!r}")
+                    if raw == "" or raw == MISSING_CATEGORY:
+                        rec[f.name] = None
+                    elif f.kind == "numeric":
+                        if f.dtype == "bool":
+                            rec[f.name] = raw.strip().lower() in ("1", "true", "1.0")
+                        else:
+                            x = float(raw)
+                            rec[f.name] = int(x) if f.dtype == "int" and x.is_integer() else x
+                    else:
+                        rec[f.name] = raw
+                target = row.get(manifest.target)
+                if target is not None:
+                    rec[manifest.target] = float(target) if target != "" else None
+                out.append(rec)
+                if rows is not None and len(out) >= rows:
+                    break
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"unreadable {name} in {export_dir}: {exc}") from exc
+    if not out:
+        raise ExportError(f"{name} in {export_dir} has no rows")
+    return out
 
 
 def read_current(model_dir: Path) -> tuple[Path, Manifest] | None:

@@ -13,10 +13,9 @@ metadata = sa.MetaData()
 
 # One row per POST /predict (a "batch"): the request's records as one JSON blob and the predictions as one
 # JSON array. Per-record ids and request ids are derived (see predlog.py):
-#   record id  = batch id * ID_STRIDE + position   (position < n <= ID_STRIDE)
+#   record id  = batch id * RECORD_ID_STRIDE + position   (position < n <= RECORD_ID_STRIDE)
 #   request id = batch_key + f"{first_index + position:04x}"  (batch_key: 28 hex; first_index -1: the
 #                request id is batch_key itself, for migrated rows with a non-standard request id)
-ID_STRIDE = 10_000
 
 prediction_batches = sa.Table(
     "prediction_batches",

@@ -12,7 +12,6 @@ scikit-learn path (lazily, so a cold start does not pay for them).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -26,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from gradeflow_shared.errors import ExportError
-from gradeflow_shared.manifest import Manifest, read_manifest, verify_files
+from gradeflow_shared.manifest import Manifest, read_manifest, read_reference_records, verify_files
 
-from .schema import MISSING_CATEGORY, Batch, RecordValidator, object_column
+from .schema import Batch, RecordValidator, object_column
 
 logger = logging.getLogger(__name__)
 
@@ -111,40 +110,6 @@ def sklearn_predict(pipeline: Any, validator: RecordValidator, batch: Batch) -> 
 
 
 # ------------------------------------------------------------------------------------ loading
-def read_reference(export_dir: Path, manifest: Manifest, rows: int) -> list[dict[str, Any]]:
-    """The first ``rows`` records of reference.csv, typed per the schema (no pandas)."""
-    entry = manifest.files.get("reference")
-    if entry is None:
-        raise ExportError(f"manifest of version {manifest.version} lists no reference file")
-    out: list[dict[str, Any]] = []
-    try:
-        with open(export_dir / entry.path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                rec: dict[str, Any] = {}
-                for f in manifest.features:
-                    raw = row.get(f.name)
-                    if raw is None:
-                        raise ExportError(f"reference.csv has no column {f.name!r}")
-                    if raw == "" or raw == MISSING_CATEGORY:
-                        rec[f.name] = None
-                    elif f.kind == "numeric":
-                        if f.dtype == "bool":
-                            rec[f.name] = raw.strip().lower() in ("1", "true", "1.0")
-                        else:
-                            x = float(raw)
-                            rec[f.name] = int(x) if f.dtype == "int" and x.is_integer() else x
-                    else:
-                        rec[f.name] = raw
-                out.append(rec)
-                if len(out) >= rows:
-                    break
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"unreadable reference.csv in {export_dir}: {exc}") from exc
-    if not out:
-        raise ExportError(f"reference.csv in {export_dir} has no rows")
-    return out
-
-
 def _reference_batch(validator: RecordValidator, records: list[dict[str, Any]]) -> Batch:
     # reference rows may lie outside the hard bounds or hold nulls for non-nullable columns; build the
     # columns directly instead of validating them
@@ -203,7 +168,7 @@ def load_export(
         with_sklearn = True
     keys = (("onnx",) if has_onnx else ()) + (("model",) if with_sklearn else ())
     verify_files(export_dir, manifest, keys=keys)
-    ref = _reference_batch(validator, read_reference(export_dir, manifest, verify_rows))
+    ref = _reference_batch(validator, read_reference_records(export_dir, manifest, verify_rows))
     verified: dict[str, Any] = {"sha256": list(keys), "reference_rows": ref.n}
 
     sess = out_name = None

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gradeflow_shared.contracts import (
+    RECORD_ID_STRIDE,
     FeedbackItem,
     FeedbackResponse,
     LoggedPrediction,
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 #  predictions (sequence of n floats), latency_ms, n)
 LogBatch = tuple[str, float, int, bytes, Sequence[float], float, int]
 
-ID_STRIDE = 10_000  # record id = batch id * ID_STRIDE + position (db.ID_STRIDE; batches hold <= 10,000)
+ID_STRIDE = RECORD_ID_STRIDE  # record id = batch id * ID_STRIDE + position (batches hold <= ID_STRIDE)
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 

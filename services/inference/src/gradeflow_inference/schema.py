@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from gradeflow_shared.errors import InvalidInput
-from gradeflow_shared.manifest import FeatureSpec, Manifest
+from gradeflow_shared.manifest import MISSING_CATEGORY, FeatureSpec, Manifest
 
-MISSING_CATEGORY = "__missing__"  # the trainer's placeholder for a missing categorical value (ONNX contract)
 MAX_REPORTED_ERRORS = 50
 _NONE = type(None)
 _NUM_TYPES = frozenset({int, float, _NONE})

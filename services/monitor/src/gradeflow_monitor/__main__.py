@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gradeflow_shared.contracts import LOG_META_COLUMNS
 from gradeflow_shared.logging import configure_logging
 from gradeflow_shared.manifest import Manifest
 
@@ -25,16 +26,7 @@ from .config import get_settings
 
 logger = logging.getLogger(__name__)
 
-NOT_FEATURES = {
-    "id",
-    "request_id",
-    "ts",
-    "model_version",
-    "prediction",
-    "actual",
-    "feedback_at",
-    "latency_ms",
-}
+NOT_FEATURES = set(LOG_META_COLUMNS)
 
 
 def _kinds(df: pd.DataFrame, manifest: Manifest | None, target: str | None) -> tuple[list[str], list[str]]:
@@ -54,7 +46,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .drift import evaluate_drift
     from .performance import evaluate_performance
     from .service import CheckInputs, Monitor, policy_from_settings, write_report
-    from .sources import InferenceWindow, read_reference
+    from .sources import InferenceWindow, read_csv_frame, reference_frame
     from .storage import Store
 
     s = get_settings()
@@ -76,14 +68,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     current_export = read_current(s.models_path)
     manifest = current_export[1] if current_export else None
     if args.reference is not None:
-        reference = read_reference(Path(args.reference), manifest)
+        reference = read_csv_frame(Path(args.reference), manifest)
     elif current_export is not None:
-        reference = read_reference(current_export[0] / "reference.csv", manifest)
+        reference = reference_frame(*current_export)
     else:
         print(f"no --reference and no export in {s.models_path}", file=sys.stderr)  # noqa: T201
         return 2
     if args.current is not None:
-        current = read_reference(Path(args.current), manifest)
+        current = read_csv_frame(Path(args.current), manifest)
     else:
         if manifest is None:
             msg = "pulling the window needs the serving model's version: no export in MODEL_DIR"

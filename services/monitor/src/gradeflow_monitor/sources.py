@@ -21,16 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from gradeflow_shared.contracts import LoggedPrediction, PredictionPage
+from gradeflow_shared.contracts import LOG_META_COLUMNS, LoggedPrediction, PredictionPage
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.http import ServiceClient
-from gradeflow_shared.manifest import REFERENCE_FILE, Manifest, read_manifest, resolve_current
+from gradeflow_shared.manifest import (
+    REFERENCE_FILE,
+    Manifest,
+    read_manifest,
+    read_reference_records,
+    resolve_current,
+)
 
 logger = logging.getLogger(__name__)
 
-META_COLUMNS = ["id", "request_id", "ts", "model_version", "prediction", "actual", "feedback_at"]
+META_COLUMNS = list(LOG_META_COLUMNS)
 
 
 @dataclass
@@ -49,12 +56,18 @@ def load_serving_model(model_dir: Path) -> ServingModel:
     ref_path = export_dir / REFERENCE_FILE
     if not ref_path.is_file():
         raise ExportError(f"export {export_dir.name} has no {REFERENCE_FILE}")
-    reference = read_reference(ref_path, manifest)
-    return ServingModel(export_dir, manifest, reference)
+    return ServingModel(export_dir, manifest, reference_frame(export_dir, manifest))
 
 
-def read_reference(path: Path, manifest: Manifest | None = None) -> pd.DataFrame:
-    """Read a reference CSV keeping categorical values as strings (e.g. '1' stays '1')."""
+def reference_frame(export_dir: Path, manifest: Manifest) -> pd.DataFrame:
+    """An export's reference sample as a frame (features typed per the manifest, plus the target)."""
+    records = read_reference_records(export_dir, manifest)
+    columns = [*manifest.feature_names, manifest.target]
+    return pd.DataFrame.from_records(records, columns=columns).fillna(value=np.nan)
+
+
+def read_csv_frame(path: Path, manifest: Manifest | None = None) -> pd.DataFrame:
+    """Read a CSV of records given on the command line, categorical values kept as strings."""
     dtype: dict[str, Any] = {}
     if manifest is not None:
         dtype = {f.name: str for f in manifest.features if f.kind == "categorical"}

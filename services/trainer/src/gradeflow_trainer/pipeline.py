@@ -33,12 +33,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from gradeflow_shared.errors import ExportError
+from gradeflow_shared.manifest import MISSING_CATEGORY
 
 from .jobs import Progress
 
 logger = logging.getLogger(__name__)
 
-MISSING_CATEGORY = "__missing__"
 ONNX_TOLERANCE = 1e-3  # grade points
 ONNX_OPSET = 17
 
