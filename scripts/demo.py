@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from gradeflow_shared import synth
+from gradeflow_shared.local_secrets import ensure_local_secrets
 from gradeflow_shared.loop import Urls, mae, predict, send_labelled, to_records, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,9 @@ def urls_from_env() -> Urls:
         inference=e.get("INFERENCE_URL", f"http://127.0.0.1:{e.get('INFERENCE_PORT', '8000')}"),
         monitor=e.get("MONITOR_URL", f"http://127.0.0.1:{e.get('MONITOR_PORT', '8002')}"),
         mlflow=e.get("MLFLOW_URL", f"http://127.0.0.1:{e.get('MLFLOW_PORT', '5000')}"),
-        token=e.get("ADMIN_TOKEN", "dev-token"),
+        token=ensure_local_secrets(Path(e.get("DATA_DIR", str(REPO / "data"))).resolve(), dict(e))[0][
+            "ADMIN_TOKEN"
+        ],
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from gradeflow_shared.local_secrets import ensure_local_secrets
 from gradeflow_shared.procs import ServiceProcess, bin_path, port_in_use
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +49,6 @@ def config() -> dict[str, str]:
     common = {
         "DATA_DIR": str(data_dir),
         "HOST": env.get("HOST", "127.0.0.1"),
-        "ADMIN_TOKEN": env.get("ADMIN_TOKEN", "dev-token"),
         "MLFLOW_PORT": str(ports["mlflow"]),
         "TRAINER_PORT": str(ports["trainer"]),
         "INFERENCE_PORT": str(ports["inference"]),
@@ -58,6 +58,10 @@ def config() -> dict[str, str]:
         "INFERENCE_URL": env.get("INFERENCE_URL", f"http://127.0.0.1:{ports['inference']}"),
         "MONITOR_URL": env.get("MONITOR_URL", f"http://127.0.0.1:{ports['monitor']}"),
     }
+    tokens, secrets_path, created = ensure_local_secrets(data_dir, dict(env))
+    common.update(tokens)
+    common["_SECRETS_FILE"] = str(secrets_path)
+    common["_SECRETS_CREATED"] = "1" if created else ""
     common.update({f"_PORT_{k}": str(v) for k, v in ports.items()})
     return common
 
@@ -94,6 +98,8 @@ def banner(cfg: dict[str, str]) -> str:
         f"  Trainer API          http://localhost:{p['trainer']}/docs   (POST /retrain, /promote, /rollback)",
         f"  Monitor reports      http://localhost:{p['monitor']}/reports   (GET /drift, POST /checks)",
         f"  Data folder          {cfg['DATA_DIR']}   (logs in {cfg['DATA_DIR']}/logs)",
+        f"  Tokens               {cfg['_SECRETS_FILE']}   (ADMIN_TOKEN, LABELLER_TOKEN; mode 0600"
+        + (", created now)" if cfg["_SECRETS_CREATED"] else ")"),
         "",
     ]
     return "\n".join(lines)

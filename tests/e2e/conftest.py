@@ -12,7 +12,7 @@ import pytest
 from gradeflow_shared.loop import Urls
 from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
 
-E2E_TOKEN = "e2e-token"
+E2E_TOKEN = "e2e-token-of-the-end-to-end-tests"
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

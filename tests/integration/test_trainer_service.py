@@ -19,7 +19,7 @@ from gradeflow_shared.synth import synthetic_spec
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "it-token"
+TOKEN = "it-token-of-the-integration-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

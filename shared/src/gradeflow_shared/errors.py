@@ -54,6 +54,13 @@ class Conflict(GradeflowError):
     status_code = 409
 
 
+class ConfigError(GradeflowError):
+    """A setting that makes the service unsafe or unable to run (raised at start-up, names the variable)."""
+
+    error_code = "CONFIG_ERROR"
+    status_code = 500
+
+
 class ModelNotLoaded(GradeflowError):
     error_code = "MODEL_NOT_LOADED"
     status_code = 503

@@ -8,12 +8,16 @@ import time. Every variable is declared once, with its type and default, in a se
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_TOKENS = {"", "change-me", "changeme", "dev-token"}
+from .errors import ConfigError
+
+PLACEHOLDER_TOKENS = {"", "change-me", "changeme", "dev-token", "secret", "password", "token", "admin"}
+MIN_SECRET_LENGTH = 16
 
 
 class BaseServiceSettings(BaseSettings):
@@ -46,15 +50,47 @@ class BaseServiceSettings(BaseSettings):
         return path
 
 
-class AdminSettings(BaseSettings):
-    """Bearer token for admin endpoints (ADMIN_TOKEN)."""
+class AdminTokenSettings(BaseSettings):
+    """``ADMIN_TOKEN``, declared once: the services that check it or send it inherit this class."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    admin_token: str = Field(default="", description="Bearer token for admin endpoints (ADMIN_TOKEN).")
+    admin_token: str = Field(
+        default="",
+        description="Bearer token of the admin role (ADMIN_TOKEN): the trainer's /retrain, /promote, "
+        "/rollback; inference accepts it for /feedback too; the monitor sends it to /retrain. At least "
+        f"{MIN_SECRET_LENGTH} characters, no placeholder: a service refuses to start otherwise.",
+    )
 
 
-def check_admin_token(token: str, environment: str) -> None:
-    """Refuse placeholder secrets outside development."""
-    if environment != "development" and token in PLACEHOLDER_TOKENS:
-        raise RuntimeError("ADMIN_TOKEN must be set to a real secret when ENVIRONMENT is not development")
+def secret_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable secret (placeholder, too short), or None when it is."""
+    if value.strip().lower() in PLACEHOLDER_TOKENS:
+        return "is empty or a placeholder" if value.strip() else "is empty"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    return None
+
+
+def require_secret(name: str, value: str) -> None:
+    """Refuse a placeholder or short secret in every environment (raise ConfigError naming the variable)."""
+    problem = secret_problem(value)
+    if problem is not None:
+        raise ConfigError(
+            f"{name} {problem}: set it to a random secret (for example `python3 -c "
+            f"'import secrets; print(secrets.token_urlsafe(32))'`); `make up` creates one in data/secrets.env"
+        )
+
+
+def bearer_matches(authorization: str | None, *tokens: str) -> bool:
+    """True when ``Authorization: Bearer <t>`` carries one of ``tokens`` (constant-time; empty never matches)."""
+    if not authorization:
+        return False
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    ok = False
+    for t in tokens:
+        if t:
+            ok |= hmac.compare_digest(given.strip().encode(), t.encode())
+    return ok

@@ -8,10 +8,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import BaseServiceSettings
+from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings
 
 
-class MonitorSettings(BaseServiceSettings):
+class MonitorSettings(BaseServiceSettings, AdminTokenSettings):
     """Every variable the monitor reads, with its default (no prefix: ``MONITOR_PORT`` etc.)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -23,9 +23,6 @@ class MonitorSettings(BaseServiceSettings):
     )
     trainer_url: str = Field(
         default="http://127.0.0.1:8001", description="Trainer service, asked to retrain (TRAINER_URL)."
-    )
-    admin_token: str = Field(
-        default="", description="Bearer token sent to the trainer's POST /retrain (ADMIN_TOKEN)."
     )
     monitor_db_url: str = Field(
         default="",

@@ -7,7 +7,6 @@ and do nothing.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -26,7 +25,7 @@ from gradeflow_shared.contracts import (
     TrainResult,
 )
 from gradeflow_shared.errors import GradeflowError, NotFound, Unauthorized, install_error_handlers
-from gradeflow_shared.settings import check_admin_token
+from gradeflow_shared.settings import bearer_matches, require_secret
 
 from . import mlflow_io as mio
 from . import service
@@ -60,11 +59,7 @@ def runner_dep(request: Request) -> JobRunner:
 
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     """401 unless ``Authorization: Bearer <ADMIN_TOKEN>`` (constant-time comparison)."""
-    expected: str = request.app.state.settings.admin_token
-    if not expected:
-        raise Unauthorized("admin endpoints are disabled: ADMIN_TOKEN is not set")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if not bearer_matches(authorization, request.app.state.settings.admin_token):
         raise Unauthorized("missing or wrong bearer token")
 
 
@@ -75,7 +70,7 @@ Admin = Depends(require_admin)
 def create_app(settings: TrainerSettings | None = None, train_fn: TrainFn | None = None) -> FastAPI:
     """The app; ``train_fn`` replaces the real training (tests)."""
     settings = settings or get_settings()
-    check_admin_token(settings.admin_token, settings.environment)
+    require_secret("ADMIN_TOKEN", settings.admin_token)
 
     def real_train(request: RetrainRequest, progress: Progress) -> TrainResult:
         return service.train_once(settings, request, progress)

@@ -7,10 +7,10 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import BaseServiceSettings
+from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings
 
 
-class TrainerSettings(BaseServiceSettings):
+class TrainerSettings(BaseServiceSettings, AdminTokenSettings):
     """Every variable the trainer reads (no prefix)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -40,11 +40,6 @@ class TrainerSettings(BaseServiceSettings):
         "default: GRADEFLOW_DATA_ROOT or the repository's shared/data.",
     )
     model_name: str = Field(default="student-grade", description="Registered model name (MODEL_NAME).")
-    admin_token: str = Field(
-        default="",
-        description="Bearer token of the admin endpoints /retrain, /promote, /rollback (ADMIN_TOKEN). "
-        "Empty: every admin call is refused with 401.",
-    )
     promotion_min_improvement: float = Field(
         default=0.01,
         ge=0.0,
