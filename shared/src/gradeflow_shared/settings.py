@@ -63,6 +63,19 @@ class AdminTokenSettings(BaseSettings):
     )
 
 
+class InferenceUrlSettings(BaseSettings):
+    """``INFERENCE_URL``, declared once for the services that call inference."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    inference_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL of the inference service (INFERENCE_URL): the monitor reads the prediction "
+        "log from its GET /predictions, the trainer pulls labelled production rows from it. Empty: not "
+        "called (the trainer trains on the base data only).",
+    )
+
+
 def secret_problem(value: str) -> str | None:
     """Why ``value`` is not a usable secret (placeholder, too short), or None when it is."""
     if value.strip().lower() in PLACEHOLDER_TOKENS:

@@ -8,19 +8,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings
+from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, InferenceUrlSettings
 
 
-class MonitorSettings(BaseServiceSettings, AdminTokenSettings):
+class MonitorSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSettings):
     """Every variable the monitor reads, with its default (no prefix: ``MONITOR_PORT`` etc.)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     monitor_port: int = Field(default=8002, description="Port of the monitor's HTTP API (MONITOR_PORT).")
-    inference_url: str = Field(
-        default="http://127.0.0.1:8000",
-        description="Inference service, source of the prediction log (INFERENCE_URL).",
-    )
     trainer_url: str = Field(
         default="http://127.0.0.1:8001", description="Trainer service, asked to retrain (TRAINER_URL)."
     )

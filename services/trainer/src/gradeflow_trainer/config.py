@@ -7,10 +7,10 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings
+from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, InferenceUrlSettings
 
 
-class TrainerSettings(BaseServiceSettings, AdminTokenSettings):
+class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSettings):
     """Every variable the trainer reads (no prefix)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -82,12 +82,6 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings):
         default=0.2, gt=0.0, lt=0.9, description="Holdout share of the base data (TEST_SIZE)."
     )
     seed: int = Field(default=0, description="Random seed of split, search and model (SEED).")
-    inference_url: str = Field(
-        default="http://127.0.0.1:8000",
-        description="Inference service to pull labelled production rows from (INFERENCE_URL; "
-        "GET /predictions?labelled=true). Empty: train on the base data only. Unreachable: a warning, "
-        "base data only.",
-    )
     production_min_rows: int = Field(
         default=50,
         ge=2,
