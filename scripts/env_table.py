@@ -32,16 +32,40 @@ def rows(cls: type[BaseSettings], skip: set[str]) -> list[str]:
     return out
 
 
+SERVICES: tuple[tuple[str, type[BaseSettings]], ...] = (
+    ("mlflow", MlflowSettings),
+    ("trainer", TrainerSettings),
+    ("inference", InferenceSettings),
+    ("monitor", MonitorSettings),
+)
+
+
+def shared_mixins() -> list[type[BaseSettings]]:
+    """Settings classes from gradeflow_shared (other than the base) that services inherit: listed once."""
+    seen: list[type[BaseSettings]] = []
+    for _, cls in SERVICES:
+        for base in cls.__mro__[1:]:
+            if (
+                isinstance(base, type)
+                and issubclass(base, BaseSettings)
+                and base.__module__.startswith("gradeflow_shared")
+                and base not in (BaseServiceSettings, BaseSettings)
+                and base not in seen
+            ):
+                seen.append(base)
+    return seen
+
+
 def table() -> str:
     common = set(BaseServiceSettings.model_fields)
     parts = ["| variable | default | meaning |", "|---|---|---|"]
     parts += ["| **all services** | | |"] + rows(BaseServiceSettings, set())
-    for title, cls in (
-        ("mlflow", MlflowSettings),
-        ("trainer", TrainerSettings),
-        ("inference", InferenceSettings),
-        ("monitor", MonitorSettings),
-    ):
+    mixins = shared_mixins()
+    for mixin in mixins:
+        users = [title for title, cls in SERVICES if issubclass(cls, mixin)]
+        parts += [f"| **{', '.join(users)}** | | |"] + rows(mixin, set())
+        common |= set(mixin.model_fields)
+    for title, cls in SERVICES:
         parts += [f"| **{title}** | | |"] + rows(cls, common)
     return "\n".join(parts)
 
