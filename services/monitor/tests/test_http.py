@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from gradeflow_monitor.app import create_app
 from gradeflow_monitor.config import MonitorSettings
 from gradeflow_shared import synth
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
-
-from .conftest import ThreadServer, simple_export  # type: ignore[import-not-found]
+from gradeflow_shared.errors import ConfigError
+from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.monitor_peers import ADMIN_TOKEN, simple_export
+from gradeflow_testkit.servers import ThreadServer, free_port
 
 
 def settings(tmp: Path, model_dir: Path, inf: ThreadServer, tr: ThreadServer, **kw: Any) -> MonitorSettings:
@@ -27,7 +28,7 @@ def settings(tmp: Path, model_dir: Path, inf: ThreadServer, tr: ThreadServer, **
         model_dir=model_dir,
         inference_url=inf.url,
         trainer_url=tr.url,
-        admin_token="s3cret",
+        admin_token=ADMIN_TOKEN,
         scheduler_enabled=False,
         min_labelled_rows=50,
         retrain_cooldown_seconds=0,
@@ -92,6 +93,15 @@ def test_routes_with_real_export_and_http_peers(
         assert "gradeflow_monitor_retrains_triggered_total 1.0" in metrics
         assert 'gradeflow_monitor_retrains_skipped_total{reason="in_flight"} 1.0' in metrics
         assert "gradeflow_monitor_window_mae" in metrics
+
+
+def test_monitor_refuses_to_start_with_a_weak_admin_token(
+    tmp_path: Path, fake_inference: Any, fake_trainer: Any
+) -> None:
+    (_, inf_srv), (_, tr_srv) = fake_inference, fake_trainer
+    s = settings(tmp_path, tmp_path / "models", inf_srv, tr_srv, admin_token="s3cret")
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN"), TestClient(create_app(s)):
+        pass
 
 
 def test_window_resets_on_new_model_version(tmp_path: Path, fake_inference: Any, fake_trainer: Any) -> None:
@@ -160,7 +170,7 @@ def test_monitor_process_and_cli(tmp_path: Path, fake_inference: Any, fake_train
         "MONITOR_PORT": str(port),
         "INFERENCE_URL": inf_srv.url,
         "TRAINER_URL": tr_srv.url,
-        "ADMIN_TOKEN": "s3cret",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
         "CHECK_INTERVAL_SECONDS": "2",
         "MIN_LABELLED_ROWS": "50",
     }

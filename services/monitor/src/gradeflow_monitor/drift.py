@@ -21,9 +21,8 @@ The policy here, per column:
 * no verdict below ``min_window_rows``; dataset drift when the share of drifted columns >= drift_share.
 
 ``evaluate_drift`` runs the Evidently Report (per-column method + threshold passed explicitly) and keeps
-the snapshot for the HTML/JSON report; ``fast_drift`` computes the same statistics through the same
-Evidently stattest functions without building a report (used by the detection-quality test; the test
-checks that both agree).
+the snapshot for the HTML/JSON report. (The detection-quality benchmark, ``gradeflow_testkit.drift_quality``,
+computes the same statistics through the same Evidently stattest functions without building reports.)
 """
 
 from __future__ import annotations
@@ -189,11 +188,11 @@ def plan_columns(
     return plans
 
 
-def _share(columns: list[ColumnDrift]) -> float:
+def drifted_share(columns: list[ColumnDrift]) -> float:
     return sum(c.drifted for c in columns) / len(columns) if columns else 0.0
 
 
-def _too_small(n: int, m: int, policy: DriftPolicy | None) -> str | None:
+def too_small(n: int, m: int, policy: DriftPolicy | None) -> str | None:
     if m == 0:
         return "empty reference sample"
     if policy is not None and n < policy.min_window_rows:
@@ -201,66 +200,6 @@ def _too_small(n: int, m: int, policy: DriftPolicy | None) -> str | None:
     if n == 0:
         return "empty window"
     return None
-
-
-# ------------------------------------------------------------------ direct computation
-def fast_drift(
-    current: pd.DataFrame,
-    reference: pd.DataFrame,
-    num_cols: list[str],
-    cat_cols: list[str],
-    policy: DriftPolicy | None,
-    default_drift_share: float = 0.5,
-) -> DriftResult:
-    """The same per-column statistics as ``evaluate_drift`` via Evidently's stattest functions, no Report.
-
-    ``policy=None`` reproduces Evidently's defaults (method chosen by ``get_stattest(..., None)``,
-    its default thresholds, dataset drift at ``default_drift_share``).
-    """
-    from evidently.legacy.calculations.stattests.registry import get_stattest
-    from evidently.legacy.core import ColumnType
-
-    cur = prepare(current, num_cols, cat_cols)
-    ref = prepare(reference, num_cols, cat_cols)
-    reason = _too_small(len(cur), len(ref), policy)
-    share_threshold = policy.drift_share if policy else default_drift_share
-    if reason:
-        return DriftResult(len(cur), len(ref), False, reason, drift_share_threshold=share_threshold)
-    n_nonmissing = {c: int(cur[c].notna().sum()) for c in num_cols + cat_cols}
-    plans = plan_columns(ref, n_nonmissing, num_cols, cat_cols, policy) if policy else {}
-    out: list[ColumnDrift] = []
-    for c in num_cols + cat_cols:
-        ctype = ColumnType.Numerical if c in num_cols else ColumnType.Categorical
-        r = ref[c].replace([-np.inf, np.inf], np.nan).dropna()
-        k = cur[c].replace([-np.inf, np.inf], np.nan).dropna()
-        if k.empty or r.empty:
-            continue
-        plan = plans.get(c)
-        test = get_stattest(r, k, ctype, plan.method if plan else None)
-        res = test(r, k, ctype, plan.threshold if plan else None)
-        out.append(
-            ColumnDrift(
-                column=c,
-                kind="numeric" if c in num_cols else "categorical",
-                method=test.name,
-                score=float(res.drift_score),
-                threshold=float(res.actual_threshold),
-                drifted=bool(res.drifted),
-                noise_threshold=plan.noise if plan else None,
-                floor=plan.floor if plan else None,
-            )
-        )
-    share = _share(out)
-    return DriftResult(
-        rows=len(cur),
-        reference_rows=len(ref),
-        verdict=True,
-        reason="",
-        columns=out,
-        drift_share=share,
-        dataset_drift=share >= share_threshold,
-        drift_share_threshold=share_threshold,
-    )
 
 
 # ------------------------------------------------------------------ the Evidently report
@@ -283,7 +222,7 @@ def evaluate_drift(
     cur = prepare(current, num_cols, cat_cols)
     ref = prepare(reference, num_cols, cat_cols)
     share_threshold = policy.drift_share if policy else default_drift_share
-    reason = _too_small(len(cur), len(ref), policy)
+    reason = too_small(len(cur), len(ref), policy)
     if reason:
         return DriftResult(len(cur), len(ref), False, reason, drift_share_threshold=share_threshold)
     # a column that is empty on either side cannot be compared (Evidently would raise)
@@ -313,7 +252,7 @@ def evaluate_drift(
         plan = plans.get(col.column)
         if plan:
             col.noise_threshold, col.floor = plan.noise, plan.floor
-    share = _share(columns)
+    share = drifted_share(columns)
     return DriftResult(
         rows=len(cur),
         reference_rows=len(ref),
