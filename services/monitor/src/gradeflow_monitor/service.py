@@ -21,6 +21,7 @@ from gradeflow_shared.contracts import DriftVerdict, Job, RetrainRequest
 from gradeflow_shared.errors import Conflict, GradeflowError
 from gradeflow_shared.http import ServiceClient
 from gradeflow_shared.manifest import Manifest
+from gradeflow_shared.settings import require_secret
 
 from . import guards
 from .config import MonitorSettings
@@ -128,9 +129,11 @@ class Monitor:
             self._clients.append(c)
             window = InferenceWindow(c, settings.window_size, settings.page_size)
         if trainer is None:
+            # the token goes to the trainer: a placeholder or short one is refused before any check
+            require_secret("ADMIN_TOKEN", settings.admin_token)
             c = ServiceClient(
                 settings.trainer_url,
-                token=settings.admin_token or None,
+                token=settings.admin_token,
                 retries=settings.http_retries,
                 backoff=settings.http_backoff_seconds,
             )
