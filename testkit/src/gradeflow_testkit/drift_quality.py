@@ -28,10 +28,10 @@ from gradeflow_monitor.drift import (
     ColumnDrift,
     DriftPolicy,
     DriftResult,
-    drifted_share,
+    dataset_verdict,
     evaluate_drift,
     plan_columns,
-    prepare,
+    prepare_pair,
     too_small,
 )
 
@@ -57,8 +57,7 @@ def fast_drift(
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
 
-    cur = prepare(current, num_cols, cat_cols)
-    ref = prepare(reference, num_cols, cat_cols)
+    cur, ref = prepare_pair(current, reference, num_cols, cat_cols)
     reason = too_small(len(cur), len(ref), policy)
     share_threshold = policy.drift_share if policy else default_drift_share
     if reason:
@@ -87,17 +86,7 @@ def fast_drift(
                 floor=plan.floor if plan else None,
             )
         )
-    share = drifted_share(out)
-    return DriftResult(
-        rows=len(cur),
-        reference_rows=len(ref),
-        verdict=True,
-        reason="",
-        columns=out,
-        drift_share=share,
-        dataset_drift=share >= share_threshold,
-        drift_share_threshold=share_threshold,
-    )
+    return dataset_verdict(len(cur), len(ref), out, share_threshold)
 
 
 @dataclass

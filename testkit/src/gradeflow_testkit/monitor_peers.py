@@ -12,6 +12,7 @@ import pandas as pd
 from fastapi import FastAPI, Header, HTTPException, Query
 
 import gradeflow_shared.synth as synth
+from gradeflow_monitor.config import MonitorSettings
 from gradeflow_shared.contracts import Job, LoggedPrediction, PredictionPage, RetrainRequest
 from gradeflow_shared.manifest import FeatureSpec, Manifest, publish
 
@@ -123,3 +124,24 @@ def simple_export(
         metrics=metrics or {"mae": 1.0, "rmse": 1.25},
     )
     return publish(model_dir, m, lambda d: ref.to_csv(d / "reference.csv", index=False))
+
+
+def monitor_settings(
+    data_dir: Path, model_dir: Path, inference_url: str, trainer_url: str, **overrides: Any
+) -> MonitorSettings:
+    """Settings of a monitor under test: the given peers, no scheduler, quick retries, ADMIN_TOKEN."""
+    base: dict[str, Any] = dict(
+        data_dir=data_dir,
+        model_dir=model_dir,
+        inference_url=inference_url,
+        trainer_url=trainer_url,
+        admin_token=ADMIN_TOKEN,
+        scheduler_enabled=False,
+        min_labelled_rows=50,
+        retrain_cooldown_seconds=0,
+        http_retries=1,
+        http_backoff_seconds=0.05,
+        page_size=250,
+    )
+    base.update(overrides)
+    return MonitorSettings(**base)

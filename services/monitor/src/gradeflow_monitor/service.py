@@ -73,6 +73,13 @@ def feature_lists(manifest: Manifest) -> tuple[list[str], list[str]]:
     return nums, cats
 
 
+def known_categories(manifest: Manifest | None) -> dict[str, list[str]] | None:
+    """The values seen in training per categorical column (None without a manifest: the reference's)."""
+    if manifest is None:
+        return None
+    return {f.name: f.categories for f in manifest.features if f.kind == "categorical" and f.categories}
+
+
 def write_report(
     result: DriftResult,
     perf: PerformanceResult | None,
@@ -195,7 +202,9 @@ class Monitor:
             if "id" in window and len(window):
                 run.window_first_id, run.window_last_id = int(window["id"].min()), int(window["id"].max())
 
-            drift = evaluate_drift(window, reference, nums, cats, self.policy)
+            drift = evaluate_drift(
+                window, reference, nums, cats, self.policy, categories=known_categories(manifest)
+            )
             perf = evaluate_performance(
                 window, manifest.metrics if manifest else {}, s.degradation_ratio, s.min_labelled_rows
             )
