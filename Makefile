@@ -24,7 +24,7 @@ $(CURDIR)/.tools/bin/uv:
 	@echo "uv not found: installing it from PyPI into .tools/"
 	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
 
-.venv/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml | $(UV)
+.venv/.synced: uv.lock pyproject.toml shared/pyproject.toml services/*/pyproject.toml testkit/pyproject.toml | $(UV)
 	@echo "installing the locked workspace into .venv (bytecode compiled once here: every service starts faster,"
 	@echo "also where PYTHONDONTWRITEBYTECODE is set; about a minute the first time)"
 	$(UV) sync --all-packages --frozen --compile-bytecode
@@ -57,7 +57,7 @@ test-integration: install ## Run only the tests that start real processes (integ
 lint: install ## ruff (lint + format check), mypy, and the GitHub workflow check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared/src services/*/src
+	$(PY) -m mypy shared/src services/*/src testkit/src
 	UV=$(UV) bash scripts/lint_workflows.sh
 
 format: install ## Format the code with ruff
@@ -83,7 +83,7 @@ bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI en
 	$(PY) bench/run.py
 
 drift-quality: install ## Drift detection quality: false alarms and detection, ours vs Evidently defaults
-	$(PY) -m gradeflow_monitor.quality --out results/drift_quality.md
+	$(PY) -m gradeflow_testkit.drift_quality --out results/drift_quality.md
 
 clean: ## Remove caches (keeps ./data)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.servers import free_port
 
 REPO = Path(__file__).resolve().parent
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")

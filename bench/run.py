@@ -32,8 +32,9 @@ from typing import Any
 
 import httpx
 
-from gradeflow_shared.loop import to_records
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.loop import to_records
+from gradeflow_testkit.servers import free_port
 
 BENCH = Path(__file__).resolve().parent
 BATCHES = (1, 100, 1000)

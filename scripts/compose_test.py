@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from gradeflow_shared.loop import wait_for
+from gradeflow_testkit.loop import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
@@ -116,7 +116,7 @@ def count_predictions(inf: httpx.Client) -> int:
 def smoke(urls: dict[str, str], token: str) -> int:
     """The platform answers end to end; returns the served model version."""
     from gradeflow_shared import synth
-    from gradeflow_shared.loop import to_records
+    from gradeflow_testkit.loop import to_records
 
     auth = {"Authorization": f"Bearer {token}"}
     with (

@@ -23,7 +23,7 @@ import pandas as pd
 
 from gradeflow_shared import synth
 from gradeflow_shared.local_secrets import ensure_local_secrets
-from gradeflow_shared.loop import Urls, mae, predict, send_labelled, to_records, wait_for
+from gradeflow_testkit.loop import Urls, mae, predict, send_labelled, to_records, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from gradeflow_shared.errors import (
     install_error_handlers,
 )
 from gradeflow_shared.http import ServiceClient
-from gradeflow_shared.procs import free_port
+from gradeflow_testkit.servers import free_port
 
 
 class Body(BaseModel):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gradeflow_shared.loop import Urls
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.loop import Urls
+from gradeflow_testkit.servers import free_port
 
 E2E_TOKEN = "e2e-token-of-the-end-to-end-tests"
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from gradeflow_shared import synth
-from gradeflow_shared.loop import BackgroundTraffic, Urls, mae, predict, send_labelled, to_records, wait_for
+from gradeflow_testkit.loop import BackgroundTraffic, Urls, mae, predict, send_labelled, to_records, wait_for
 
 from .conftest import _external, local_stack, print_logs
 

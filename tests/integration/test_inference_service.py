@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.servers import free_port
 
 pytestmark = pytest.mark.integration
 

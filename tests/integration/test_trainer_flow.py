@@ -25,8 +25,9 @@ import pytest
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import LoggedPrediction, PredictionPage, RetrainRequest
 from gradeflow_shared.errors import Conflict, DatasetError
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
+from gradeflow_testkit.servers import free_port
 from gradeflow_trainer import mlflow_io as mio
 from gradeflow_trainer import service
 from gradeflow_trainer.config import TrainerSettings

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import start_mlflow
 from gradeflow_shared import manifest as mf
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
+from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_shared.synth import synthetic_spec
+from gradeflow_testkit.servers import free_port
 
 pytestmark = pytest.mark.integration
 

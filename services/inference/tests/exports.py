@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gradeflow_shared import manifest as mf
-from gradeflow_shared.loop import to_records
+from gradeflow_testkit.loop import to_records
 
 
 @dataclass

@@ -186,7 +186,7 @@ def test_feedback_for_rows_still_queued(
 def test_database_down_drops_are_counted(
     model_dir: Path, make_settings: Callable[..., Any], fitted: exports.Fitted
 ) -> None:
-    from gradeflow_shared.procs import free_port
+    from gradeflow_testkit.servers import free_port
 
     url = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
     s = make_settings(model_dir, prediction_db_url=url, log_queue_max=30, log_shutdown_timeout=0.5)

@@ -3,138 +3,15 @@ threads on free ports) that speak the platform contracts, and a real export on a
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
-import uvicorn
-from fastapi import FastAPI, Header, HTTPException, Query
 
 from gradeflow_shared import synth
-from gradeflow_shared.contracts import Job, LoggedPrediction, PredictionPage, RetrainRequest
-from gradeflow_shared.manifest import FeatureSpec, Manifest, publish
-from gradeflow_shared.procs import free_port
-
-NUM = [c.name for c in synth.COLUMNS if c.kind == "numeric"]
-CAT = [c.name for c in synth.COLUMNS if c.kind == "categorical"]
-
-
-class ThreadServer:
-    """A FastAPI app served by uvicorn in a thread (a real HTTP endpoint on a free port)."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("thread server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-class FakeInference:
-    """The prediction log of inference: GET /predictions as in the contract (paged, ascending ids)."""
-
-    def __init__(self) -> None:
-        self.rows: list[LoggedPrediction] = []
-        self.requests = 0
-        self.app = FastAPI()
-
-        @self.app.get("/health")
-        def health() -> dict[str, str]:
-            return {"status": "ok"}
-
-        @self.app.get("/predictions")
-        def predictions(
-            since_id: int = 0, limit: int = Query(1000, le=1000), labelled: bool = False
-        ) -> dict[str, Any]:
-            self.requests += 1
-            items = [r for r in self.rows if r.id > since_id and (not labelled or r.actual is not None)][
-                :limit
-            ]
-            nxt = items[-1].id if len(items) == limit else None
-            return PredictionPage(items=items, next_since_id=nxt).model_dump(mode="json")
-
-    def log(self, df: pd.DataFrame, version: int, predictions: Any = None, labelled: float = 1.0) -> None:
-        """Append rows (features from ``df``; actual = the target for the first ``labelled`` share)."""
-        start = len(self.rows)
-        n_lab = int(round(labelled * len(df)))
-        preds = predictions if predictions is not None else df[synth.TARGET].to_numpy()
-        for i, (rec, pred) in enumerate(zip(df.to_dict("records"), preds, strict=True)):
-            actual = rec.pop(synth.TARGET, None)
-            self.rows.append(
-                LoggedPrediction(
-                    id=start + i + 1,
-                    request_id=uuid.uuid4().hex,
-                    ts=datetime.now(UTC),
-                    model_version=version,
-                    features={k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()},
-                    prediction=float(pred),
-                    latency_ms=1.0,
-                    actual=float(actual) if actual is not None and i < n_lab else None,
-                    feedback_at=datetime.now(UTC) if i < n_lab else None,
-                )
-            )
-
-
-class FakeTrainer:
-    """POST /retrain (Bearer token; answers the active job instead of starting a second), GET /jobs/{id}."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.jobs: dict[str, Job] = {}
-        self.requests: list[RetrainRequest] = []
-        self.app = FastAPI()
-
-        @self.app.get("/health")
-        def health() -> dict[str, str]:
-            return {"status": "ok"}
-
-        @self.app.post("/retrain", status_code=202)
-        def retrain(body: RetrainRequest, authorization: str = Header("")) -> dict[str, Any]:
-            if authorization != f"Bearer {self.token}":
-                raise HTTPException(401, "bad token")
-            self.requests.append(body)
-            for j in self.jobs.values():
-                if j.state in ("queued", "running"):
-                    return j.model_dump(mode="json")
-            job = Job(
-                id=uuid.uuid4().hex[:12],
-                state="queued",
-                reason=body.reason,
-                monitor_run_id=body.monitor_run_id,
-                created_at=datetime.now(UTC),
-            )
-            self.jobs[job.id] = job
-            return job.model_dump(mode="json")
-
-        @self.app.get("/jobs/{job_id}")
-        def job(job_id: str) -> dict[str, Any]:
-            if job_id not in self.jobs:
-                raise HTTPException(404, "no such job")
-            return self.jobs[job_id].model_dump(mode="json")
-
-    def finish_all(self) -> None:
-        for j in self.jobs.values():
-            j.state = "succeeded"
+from gradeflow_testkit.monitor_peers import ADMIN_TOKEN, FakeInference, FakeTrainer
+from gradeflow_testkit.servers import ThreadServer
 
 
 @pytest.fixture
@@ -146,26 +23,9 @@ def fake_inference() -> Iterator[tuple[FakeInference, ThreadServer]]:
 
 @pytest.fixture
 def fake_trainer() -> Iterator[tuple[FakeTrainer, ThreadServer]]:
-    tr = FakeTrainer("s3cret")
+    tr = FakeTrainer(ADMIN_TOKEN)
     with ThreadServer(tr.app) as srv:
         yield tr, srv
-
-
-def simple_export(
-    model_dir: Path, version: int = 1, reference_rows: int = 1000, metrics: dict[str, float] | None = None
-) -> Path:
-    """A minimal export (manifest + reference.csv) of the synthetic schema via manifest.publish."""
-    ref = synth.generate(reference_rows, seed=7)
-    feats = [FeatureSpec(name=c.name, kind=c.kind, categories=c.categories) for c in synth.COLUMNS]
-    m = Manifest(
-        model_name="student-grade",
-        version=version,
-        run_id=f"run{version}",
-        target=synth.TARGET,
-        features=feats,
-        metrics=metrics or {"mae": 1.0, "rmse": 1.25},
-    )
-    return publish(model_dir, m, lambda d: ref.to_csv(d / "reference.csv", index=False))
 
 
 @pytest.fixture(scope="session")

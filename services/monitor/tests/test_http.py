@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,15 @@ from fastapi.testclient import TestClient
 from gradeflow_monitor.app import create_app
 from gradeflow_monitor.config import MonitorSettings
 from gradeflow_shared import synth
-from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
-
-from .conftest import ThreadServer, simple_export  # type: ignore[import-not-found]
+from gradeflow_shared.errors import ConfigError
+from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.loop import wait_for
+from gradeflow_testkit.monitor_peers import ADMIN_TOKEN, monitor_settings, simple_export
+from gradeflow_testkit.servers import ThreadServer, free_port
 
 
 def settings(tmp: Path, model_dir: Path, inf: ThreadServer, tr: ThreadServer, **kw: Any) -> MonitorSettings:
-    base: dict[str, Any] = dict(
-        data_dir=tmp,
-        model_dir=model_dir,
-        inference_url=inf.url,
-        trainer_url=tr.url,
-        admin_token="s3cret",
-        scheduler_enabled=False,
-        min_labelled_rows=50,
-        retrain_cooldown_seconds=0,
-        http_retries=1,
-        http_backoff_seconds=0.05,
-        page_size=250,
-    )
-    base.update(kw)
-    return MonitorSettings(**base)
+    return monitor_settings(tmp, model_dir, inf.url, tr.url, **kw)
 
 
 def test_routes_with_real_export_and_http_peers(
@@ -94,6 +81,15 @@ def test_routes_with_real_export_and_http_peers(
         assert "gradeflow_monitor_window_mae" in metrics
 
 
+def test_monitor_refuses_to_start_with_a_weak_admin_token(
+    tmp_path: Path, fake_inference: Any, fake_trainer: Any
+) -> None:
+    (_, inf_srv), (_, tr_srv) = fake_inference, fake_trainer
+    s = settings(tmp_path, tmp_path / "models", inf_srv, tr_srv, admin_token="s3cret")
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN"), TestClient(create_app(s)):
+        pass
+
+
 def test_window_resets_on_new_model_version(tmp_path: Path, fake_inference: Any, fake_trainer: Any) -> None:
     (inf, inf_srv), (tr, tr_srv) = fake_inference, fake_trainer
     model_dir = tmp_path / "models"
@@ -139,10 +135,13 @@ def test_scheduler_runs_checks(tmp_path: Path, fake_inference: Any, fake_trainer
     s = settings(tmp_path, model_dir, inf_srv, tr_srv, scheduler_enabled=True, check_interval_seconds=1)
     with TestClient(create_app(s)) as c:
         assert c.get("/health").json()["scheduler"] is True
-        deadline = time.monotonic() + 60
-        while c.get("/drift").json()["run_id"] is None or c.get("/health").json()["runs"] < 2:
-            assert time.monotonic() < deadline, "the scheduler ran fewer than 2 checks in 60 s"
-            time.sleep(0.5)
+        # waits for the event (two stored runs), bounded generously for a busy machine
+        wait_for(
+            "two scheduled checks (interval 1 s)",
+            lambda: c.get("/drift").json()["run_id"] is not None and c.get("/health").json()["runs"] >= 2,
+            timeout=180,
+            interval=0.2,
+        )
         v = c.get("/drift").json()
         assert v["rows"] == 200 and v["action"] == "none"
 
@@ -160,7 +159,7 @@ def test_monitor_process_and_cli(tmp_path: Path, fake_inference: Any, fake_train
         "MONITOR_PORT": str(port),
         "INFERENCE_URL": inf_srv.url,
         "TRAINER_URL": tr_srv.url,
-        "ADMIN_TOKEN": "s3cret",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
         "CHECK_INTERVAL_SECONDS": "2",
         "MIN_LABELLED_ROWS": "50",
     }
@@ -173,13 +172,15 @@ def test_monitor_process_and_cli(tmp_path: Path, fake_inference: Any, fake_train
     )
     svc.start(wait=60)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            v = httpx.get(f"http://127.0.0.1:{port}/drift", timeout=5).json()
-            if v["run_id"] is not None and int(v["run_id"]) >= 3:
-                break
-            assert time.monotonic() < deadline, svc.tail()
-            time.sleep(1)
+
+        def third_run() -> dict[str, Any] | None:
+            v = httpx.get(f"http://127.0.0.1:{port}/drift", timeout=10).json()
+            return v if v["run_id"] is not None and int(v["run_id"]) >= 3 else None
+
+        try:
+            v = wait_for("three scheduled checks (interval 2 s)", third_run, timeout=240, interval=0.5)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{svc.tail()}") from None
         assert len(tr.requests) == 1, "one retrain, then the guards hold"
         assert v["dataset_drift"] and v["action"] == "retrain_skipped"
         r = httpx.post(f"http://127.0.0.1:{port}/checks", params={"wait": "false"}, timeout=10)

@@ -14,9 +14,8 @@ from gradeflow_monitor.service import Monitor
 from gradeflow_monitor.storage import Store
 from gradeflow_shared import synth
 from gradeflow_shared.contracts import Job, RetrainRequest
-from gradeflow_shared.errors import Conflict, UpstreamError
-
-from .conftest import simple_export  # type: ignore[import-not-found]
+from gradeflow_shared.errors import ConfigError, Conflict, UpstreamError
+from gradeflow_testkit.monitor_peers import ADMIN_TOKEN, simple_export
 
 
 class Clock:
@@ -199,3 +198,18 @@ def test_history_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     assert len(runs[1].columns) == len(synth.COLUMNS)
     state = mon.store.guard_state()
     assert state.last_job_id == "job1" and state.last_trigger_at == clock.t - timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("token", ["", "change-me", "s3cret", "x" * 15])
+def test_placeholder_or_short_admin_token_is_refused(tmp_path: Path, token: str) -> None:
+    """The monitor sends ADMIN_TOKEN to the trainer: a weak one stops it before any check."""
+    settings = MonitorSettings(data_dir=tmp_path, admin_token=token, scheduler_enabled=False)
+    store = Store(settings.db_url())
+    try:
+        with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
+            Monitor(settings, store)
+    finally:
+        store.close()
+    ok = Monitor(settings.model_copy(update={"admin_token": ADMIN_TOKEN}), Store(settings.db_url()))
+    ok.close()
+    ok.store.close()

@@ -1,4 +1,4 @@
-"""Start and stop the platform's services as local processes (``make up`` and the tests)."""
+"""Start and stop the platform's services as local processes (``make up``; the tests use it too)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .http import wait_until_healthy
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -92,9 +86,6 @@ class ServiceProcess:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
-
-    def kill(self) -> None:
-        self.stop(timeout=5, sig=signal.SIGKILL)
 
     def tail(self, lines: int = 80) -> str:
         try:

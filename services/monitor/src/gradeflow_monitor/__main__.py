@@ -45,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .drift import evaluate_drift
     from .performance import evaluate_performance
-    from .service import CheckInputs, Monitor, policy_from_settings, write_report
+    from .service import CheckInputs, Monitor, known_categories, policy_from_settings, write_report
     from .sources import InferenceWindow, read_csv_frame, reference_frame
     from .storage import Store
 
@@ -88,7 +88,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     nums, cats = _kinds(reference, manifest, args.target or (manifest.target if manifest else None))
     inputs = CheckInputs(current, reference, nums, cats, manifest)
     policy = policy_from_settings(s)
-    drift = evaluate_drift(inputs.current, inputs.reference, nums, cats, policy)
+    drift = evaluate_drift(
+        inputs.current, inputs.reference, nums, cats, policy, categories=known_categories(manifest)
+    )
     perf = evaluate_performance(
         current, manifest.metrics if manifest else {}, s.degradation_ratio, s.min_labelled_rows
     )

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from gradeflow_shared.contracts import DriftVerdict
-from gradeflow_shared.errors import NotFound, install_error_handlers
+from gradeflow_shared.errors import Conflict, NotFound, install_error_handlers
 
 from .config import MonitorSettings, get_settings
-from .pages import index_page
+from .pages import INDEX_CSP, REPORT_CSP, index_page, page_headers
 from .service import Monitor, Trainer, WindowSource
 from .storage import Store
 
@@ -31,6 +33,35 @@ def get_monitor(request: Request) -> Monitor:
 
 
 MonitorDep = Annotated[Monitor, Depends(get_monitor)]
+# run ids are SQL integers: anything outside 1 .. 2^63-1 is a 422, never a database overflow
+RunId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Run id (GET /reports lists them).")]
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every service (gradeflow_shared.errors)."""
+
+    error_code: str
+    message: str
+    details: Any = None
+
+
+class Accepted(BaseModel):
+    accepted: bool
+
+
+def _error(description: str) -> dict[str, Any]:
+    # the schema is given as JSON content explicitly: with ``model``, FastAPI would list it under the
+    # route's own media type (text/html for the HTML pages)
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": ErrorBody.model_json_schema()}},
+    }
+
+
+Responses = dict[int | str, dict[str, Any]]
+INVALID: Responses = {422: _error("Invalid parameter (names the field and the rule)")}
+NO_REPORT: Responses = {404: _error("No such run, or its report was pruned"), **INVALID}
+HTML_PAGE = {"content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def create_app(
@@ -94,7 +125,15 @@ def create_app(
             "runs": monitor.store.count(),
         }
 
-    @app.post("/checks", response_model=None)
+    @app.post(
+        "/checks",
+        response_model=DriftVerdict,
+        responses={
+            202: {"model": Accepted, "description": "wait=false: the check runs in the background"},
+            409: _error("A check is already running"),
+            **INVALID,
+        },
+    )
     def run_check(
         monitor: MonitorDep,
         wait: Annotated[bool, Query(description="false: answer 202 and check in the background")] = True,
@@ -104,8 +143,6 @@ def create_app(
             run = monitor.run_check("api")
             return monitor.verdict(run).model_dump(mode="json")
         if monitor.busy:
-            from gradeflow_shared.errors import Conflict
-
             raise Conflict("a check is already running", {"busy": True})
         threading.Thread(target=monitor.scheduled_check, name="check-api", daemon=True).start()
         return JSONResponse({"accepted": True}, status_code=202)
@@ -115,19 +152,26 @@ def create_app(
         """The latest finished run's verdict, with the guard decision (action + why)."""
         return monitor.verdict()
 
-    @app.get("/reports", response_class=HTMLResponse)
+    @app.get("/reports", response_class=HTMLResponse, responses=INVALID)
     def reports(monitor: MonitorDep, limit: int = Query(200, ge=1, le=2000)) -> HTMLResponse:
-        return HTMLResponse(index_page(monitor.store.list_runs(limit)))
+        """The runs, newest first, with links to their reports (HTML, no script)."""
+        return HTMLResponse(index_page(monitor.store.list_runs(limit)), headers=page_headers(INDEX_CSP))
 
-    @app.get("/reports/{run_id}.json")
-    def report_json(run_id: int, monitor: MonitorDep) -> FileResponse:
+    @app.get(
+        "/reports/{run_id}.json",
+        response_class=FileResponse,
+        responses={200: {"content": {"application/json": {}}}, **NO_REPORT},
+    )
+    def report_json(run_id: RunId, monitor: MonitorDep) -> FileResponse:
+        """The run's verdicts and the Evidently snapshot as JSON."""
         run = monitor.store.get(run_id)
         if run is None or not run.report_json or not Path(run.report_json).is_file():
             raise NotFound(f"no JSON report for run {run_id}")
-        return FileResponse(run.report_json, media_type="application/json")
+        return FileResponse(run.report_json, media_type="application/json", headers=page_headers())
 
-    @app.get("/reports/{run_id}")
-    def report_html(run_id: int, monitor: MonitorDep) -> FileResponse:
+    @app.get("/reports/{run_id}", response_class=FileResponse, responses={200: HTML_PAGE, **NO_REPORT})
+    def report_html(run_id: RunId, monitor: MonitorDep) -> FileResponse:
+        """The run's Evidently HTML report (self-contained, works offline)."""
         run = monitor.store.get(run_id)
         if run is None:
             raise NotFound(f"no run {run_id}")
@@ -136,10 +180,15 @@ def create_app(
                 f"run {run_id} has no HTML report (no verdict, or pruned)",
                 {"json": f"/reports/{run_id}.json" if run.report_json else None},
             )
-        return FileResponse(run.report_html, media_type="text/html")
+        return FileResponse(run.report_html, media_type="text/html", headers=page_headers(REPORT_CSP))
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     def metrics(monitor: MonitorDep) -> Response:
+        """Prometheus metrics (text exposition format)."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(monitor.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -6,15 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, InferenceUrlSettings
 
 
 class MonitorSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSettings):
     """Every variable the monitor reads, with its default (no prefix: ``MONITOR_PORT`` etc.)."""
-
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     monitor_port: int = Field(default=8002, description="Port of the monitor's HTTP API (MONITOR_PORT).")
     trainer_url: str = Field(

@@ -21,9 +21,8 @@ The policy here, per column:
 * no verdict below ``min_window_rows``; dataset drift when the share of drifted columns >= drift_share.
 
 ``evaluate_drift`` runs the Evidently Report (per-column method + threshold passed explicitly) and keeps
-the snapshot for the HTML/JSON report; ``fast_drift`` computes the same statistics through the same
-Evidently stattest functions without building a report (used by the detection-quality test; the test
-checks that both agree).
+the snapshot for the HTML/JSON report. (The detection-quality benchmark, ``gradeflow_testkit.drift_quality``,
+computes the same statistics through the same Evidently stattest functions without building reports.)
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,6 +106,46 @@ def prepare(df: pd.DataFrame, num_cols: list[str], cat_cols: list[str]) -> pd.Da
         else:
             out[c] = pd.Series([np.nan] * len(df), dtype=object)
     return out
+
+
+UNSEEN = "(unseen)"
+MAX_VALUE_CHARS = 64
+
+
+def bound_categories(
+    frame: pd.DataFrame, cat_cols: list[str], known: Mapping[str, Collection[str]]
+) -> pd.DataFrame:
+    """Every categorical value not in ``known[column]`` becomes ``UNSEEN``; values are cut to MAX_VALUE_CHARS.
+
+    The report embeds category values in the HTML page: a value from a request (``</script>...``) must
+    never reach it. The unseen values stay drift evidence as one category (the distance sees their mass:
+    a value absent from the reference adds the same to the Jensen-Shannon distance, merged or not).
+    """
+    out = frame.copy()
+    for c in cat_cols:
+        s = out[c]
+        allowed = set(known.get(c, ()))
+        out[c] = s.where(s.isna() | s.isin(allowed), UNSEEN).map(
+            lambda v: v[:MAX_VALUE_CHARS] if isinstance(v, str) else v
+        )
+    return out
+
+
+def prepare_pair(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    num_cols: list[str],
+    cat_cols: list[str],
+    categories: Mapping[str, Collection[str]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``prepare`` both frames; categorical values outside ``categories`` (the manifest's values seen in
+    training; default: the reference's values) become ``UNSEEN`` on both sides."""
+    cur = prepare(current, num_cols, cat_cols)
+    ref = prepare(reference, num_cols, cat_cols)
+    known = {
+        c: (categories[c] if categories and categories.get(c) else set(ref[c].dropna())) for c in cat_cols
+    }
+    return bound_categories(cur, cat_cols, known), bound_categories(ref, cat_cols, known)
 
 
 # ------------------------------------------------------------------ noise quantiles
@@ -189,11 +229,25 @@ def plan_columns(
     return plans
 
 
-def _share(columns: list[ColumnDrift]) -> float:
-    return sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+def dataset_verdict(
+    rows: int, reference_rows: int, columns: list[ColumnDrift], share_threshold: float, snapshot: Any = None
+) -> DriftResult:
+    """The verdict from the per-column results: dataset drift when the drifted share >= the threshold."""
+    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    return DriftResult(
+        rows=rows,
+        reference_rows=reference_rows,
+        verdict=True,
+        reason="",
+        columns=columns,
+        drift_share=share,
+        dataset_drift=share >= share_threshold,
+        drift_share_threshold=share_threshold,
+        snapshot=snapshot,
+    )
 
 
-def _too_small(n: int, m: int, policy: DriftPolicy | None) -> str | None:
+def too_small(n: int, m: int, policy: DriftPolicy | None) -> str | None:
     if m == 0:
         return "empty reference sample"
     if policy is not None and n < policy.min_window_rows:
@@ -201,66 +255,6 @@ def _too_small(n: int, m: int, policy: DriftPolicy | None) -> str | None:
     if n == 0:
         return "empty window"
     return None
-
-
-# ------------------------------------------------------------------ direct computation
-def fast_drift(
-    current: pd.DataFrame,
-    reference: pd.DataFrame,
-    num_cols: list[str],
-    cat_cols: list[str],
-    policy: DriftPolicy | None,
-    default_drift_share: float = 0.5,
-) -> DriftResult:
-    """The same per-column statistics as ``evaluate_drift`` via Evidently's stattest functions, no Report.
-
-    ``policy=None`` reproduces Evidently's defaults (method chosen by ``get_stattest(..., None)``,
-    its default thresholds, dataset drift at ``default_drift_share``).
-    """
-    from evidently.legacy.calculations.stattests.registry import get_stattest
-    from evidently.legacy.core import ColumnType
-
-    cur = prepare(current, num_cols, cat_cols)
-    ref = prepare(reference, num_cols, cat_cols)
-    reason = _too_small(len(cur), len(ref), policy)
-    share_threshold = policy.drift_share if policy else default_drift_share
-    if reason:
-        return DriftResult(len(cur), len(ref), False, reason, drift_share_threshold=share_threshold)
-    n_nonmissing = {c: int(cur[c].notna().sum()) for c in num_cols + cat_cols}
-    plans = plan_columns(ref, n_nonmissing, num_cols, cat_cols, policy) if policy else {}
-    out: list[ColumnDrift] = []
-    for c in num_cols + cat_cols:
-        ctype = ColumnType.Numerical if c in num_cols else ColumnType.Categorical
-        r = ref[c].replace([-np.inf, np.inf], np.nan).dropna()
-        k = cur[c].replace([-np.inf, np.inf], np.nan).dropna()
-        if k.empty or r.empty:
-            continue
-        plan = plans.get(c)
-        test = get_stattest(r, k, ctype, plan.method if plan else None)
-        res = test(r, k, ctype, plan.threshold if plan else None)
-        out.append(
-            ColumnDrift(
-                column=c,
-                kind="numeric" if c in num_cols else "categorical",
-                method=test.name,
-                score=float(res.drift_score),
-                threshold=float(res.actual_threshold),
-                drifted=bool(res.drifted),
-                noise_threshold=plan.noise if plan else None,
-                floor=plan.floor if plan else None,
-            )
-        )
-    share = _share(out)
-    return DriftResult(
-        rows=len(cur),
-        reference_rows=len(ref),
-        verdict=True,
-        reason="",
-        columns=out,
-        drift_share=share,
-        dataset_drift=share >= share_threshold,
-        drift_share_threshold=share_threshold,
-    )
 
 
 # ------------------------------------------------------------------ the Evidently report
@@ -271,19 +265,20 @@ def evaluate_drift(
     cat_cols: list[str],
     policy: DriftPolicy | None,
     default_drift_share: float = 0.5,
+    categories: Mapping[str, Collection[str]] | None = None,
 ) -> DriftResult:
     """Run Evidently's DataDriftPreset with the policy's per-column methods and thresholds.
 
-    ``policy=None`` runs the preset with Evidently's defaults (for comparison). Evidently is imported
-    here, not at module import (it takes seconds).
+    ``policy=None`` runs the preset with Evidently's defaults (for comparison). ``categories``: the values
+    seen in training per categorical column (others become ``UNSEEN`` before the report is built).
+    Evidently is imported here, not at module import (it takes seconds).
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    cur = prepare(current, num_cols, cat_cols)
-    ref = prepare(reference, num_cols, cat_cols)
+    cur, ref = prepare_pair(current, reference, num_cols, cat_cols, categories)
     share_threshold = policy.drift_share if policy else default_drift_share
-    reason = _too_small(len(cur), len(ref), policy)
+    reason = too_small(len(cur), len(ref), policy)
     if reason:
         return DriftResult(len(cur), len(ref), False, reason, drift_share_threshold=share_threshold)
     # a column that is empty on either side cannot be compared (Evidently would raise)
@@ -313,18 +308,7 @@ def evaluate_drift(
         plan = plans.get(col.column)
         if plan:
             col.noise_threshold, col.floor = plan.noise, plan.floor
-    share = _share(columns)
-    return DriftResult(
-        rows=len(cur),
-        reference_rows=len(ref),
-        verdict=True,
-        reason="",
-        columns=columns,
-        drift_share=share,
-        dataset_drift=share >= share_threshold,
-        drift_share_threshold=share_threshold,
-        snapshot=snapshot,
-    )
+    return dataset_verdict(len(cur), len(ref), columns, share_threshold, snapshot)
 
 
 def parse_snapshot(data: dict[str, Any], num_cols: list[str]) -> list[ColumnDrift]:

@@ -36,7 +36,6 @@ class GuardState:
 
     last_trigger_at: datetime | None = None
     last_job_id: str | None = None
-    last_trigger_model_version: int | None = None
     failures: int = 0  # failed trigger attempts since the last successful one
     last_failure_at: datetime | None = None
 

@@ -1,10 +1,37 @@
-"""The HTML index of runs (newest first) with a small inline SVG chart of drift share and window MAE."""
+"""The HTML index of runs (newest first) with a small inline SVG chart of drift share and window MAE,
+and the security headers of every page the monitor serves."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from html import escape
 
 from .storage import Run
+
+INDEX_STYLE = (
+    "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}th{background:#eee}"
+)
+_STYLE_HASH = base64.b64encode(hashlib.sha256(INDEX_STYLE.encode()).digest()).decode()
+_LOCKED = "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+# the index: no script at all, only its own style block (by hash) and the inline SVG
+INDEX_CSP = f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; {_LOCKED}"
+# Evidently's offline report inlines its JavaScript bundle, its data, styles and its icon font (data:),
+# so inline script and style must run; what keeps request data out of those scripts is drift.UNSEEN.
+# Nothing may be loaded from or sent to anywhere (no connect-src, no external src).
+REPORT_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; font-src data:; "
+    f"img-src data: blob:; {_LOCKED}"
+)
+
+
+def page_headers(csp: str | None = None) -> dict[str, str]:
+    """Headers of a served page or file: no MIME sniffing, and its Content-Security-Policy."""
+    headers = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    if csp:
+        headers["Content-Security-Policy"] = csp
+    return headers
 
 
 def _polyline(values: list[float | None], width: int, height: int, top: float) -> str:
@@ -82,8 +109,7 @@ def index_page(runs_newest_first: list[Run]) -> str:
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>GradeFlow monitor reports</title>"
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}th{background:#eee}</style></head><body>"
+        f"<style>{INDEX_STYLE}</style></head><body>"
         "<h1>GradeFlow monitor: drift and performance checks</h1>"
         f"{chart(list(reversed(runs_newest_first)))}"
         f"<table>{head}{''.join(rows)}</table></body></html>"

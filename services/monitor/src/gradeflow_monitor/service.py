@@ -21,6 +21,7 @@ from gradeflow_shared.contracts import DriftVerdict, Job, RetrainRequest
 from gradeflow_shared.errors import Conflict, GradeflowError
 from gradeflow_shared.http import ServiceClient
 from gradeflow_shared.manifest import Manifest
+from gradeflow_shared.settings import require_secret
 
 from . import guards
 from .config import MonitorSettings
@@ -70,6 +71,13 @@ def feature_lists(manifest: Manifest) -> tuple[list[str], list[str]]:
     nums = [f.name for f in manifest.features if f.kind == "numeric"]
     cats = [f.name for f in manifest.features if f.kind == "categorical"]
     return nums, cats
+
+
+def known_categories(manifest: Manifest | None) -> dict[str, list[str]] | None:
+    """The values seen in training per categorical column (None without a manifest: the reference's)."""
+    if manifest is None:
+        return None
+    return {f.name: f.categories for f in manifest.features if f.kind == "categorical" and f.categories}
 
 
 def write_report(
@@ -128,9 +136,11 @@ class Monitor:
             self._clients.append(c)
             window = InferenceWindow(c, settings.window_size, settings.page_size)
         if trainer is None:
+            # the token goes to the trainer: a placeholder or short one is refused before any check
+            require_secret("ADMIN_TOKEN", settings.admin_token)
             c = ServiceClient(
                 settings.trainer_url,
-                token=settings.admin_token or None,
+                token=settings.admin_token,
                 retries=settings.http_retries,
                 backoff=settings.http_backoff_seconds,
             )
@@ -192,7 +202,9 @@ class Monitor:
             if "id" in window and len(window):
                 run.window_first_id, run.window_last_id = int(window["id"].min()), int(window["id"].max())
 
-            drift = evaluate_drift(window, reference, nums, cats, self.policy)
+            drift = evaluate_drift(
+                window, reference, nums, cats, self.policy, categories=known_categories(manifest)
+            )
             perf = evaluate_performance(
                 window, manifest.metrics if manifest else {}, s.degradation_ratio, s.min_labelled_rows
             )

@@ -139,9 +139,3 @@ class InferenceWindow:
                     if row.id in self._rows:
                         self._rows[row.id] = row
             return rows_to_frame(list(self._rows.values()))
-
-
-def window_from_csv(path: Path) -> pd.DataFrame:
-    """A window given as a CSV (CLI): feature columns, optionally ``prediction`` and ``actual``."""
-    df = pd.read_csv(path)
-    return df

@@ -154,7 +154,6 @@ class Store:
         return GuardState(
             last_trigger_at=_aware(last.finished_at or last.started_at) if last else None,
             last_job_id=last.retrain_job_id if last else None,
-            last_trigger_model_version=last.model_version if last else None,
             failures=len(failures),
             last_failure_at=_aware(failures[0].finished_at or failures[0].started_at) if failures else None,
         )

@@ -1,6 +1,6 @@
 """Detection quality of the drift policy (the function, no HTTP), beside Evidently's defaults.
 
-Same windows and methods as ``python -m gradeflow_monitor.quality`` (results/drift_quality.md);
+Same windows and methods as ``python -m gradeflow_testkit.drift_quality`` (results/drift_quality.md);
 fewer 100,000-row windows here to keep the runtime reasonable.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradeflow_monitor.quality import equivalence, measure
+from gradeflow_testkit.drift_quality import equivalence, measure
 
 REFS = (500, 5000)
 
