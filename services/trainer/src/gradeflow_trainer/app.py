@@ -30,22 +30,28 @@ from gradeflow_shared.settings import bearer_matches, require_secret
 from . import mlflow_io as mio
 from . import service
 from .config import TrainerSettings, get_settings
-from .jobs import JobRunner, Progress, TrainFn
+from .jobs import JobRunner, TrainFn
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
 
 def _bootstrap(settings: TrainerSettings, runner: JobRunner, stop: threading.Event) -> None:
-    """Start a first training when the registry has no champion (TRAIN_ON_START)."""
+    """Start a first training when the registry has no champion (TRAIN_ON_START); refresh the
+    history file from the registry's promotion events."""
     try:
         mio.wait_for_server(settings)
         if stop.is_set():
             return
-        mio.configure(settings)
-        champ = mio.champion_version(mio.client(settings), settings.model_name)
+        registry = service.mlflow_registry(settings)
+        champ = registry.champion_version()
     except GradeflowError as exc:
         logger.error("start-up check of the champion failed: %s", exc.message)
         return
+    try:
+        service.sync_history(settings, registry)
+    except GradeflowError as exc:
+        logger.warning("promotion history not refreshed from the registry: %s", exc.message)
     if champ is None:
         job, _ = runner.submit(RetrainRequest(reason="start-up: no champion in the registry"))
         logger.info("no champion for %s: first training job %s", settings.model_name, job.id)
