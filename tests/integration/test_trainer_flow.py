@@ -101,6 +101,8 @@ def test_first_training_is_champion_and_exported(env: SimpleNamespace) -> None:
     run = cl.get_run(r.run_id)
     assert {"rmse", "mae", "r2", "naive_rmse"} <= set(run.data.metrics)
     assert run.data.params["family"] and run.data.tags["gate.promoted"] == "true"
+    assert run.data.params["production_dropped_label_out_of_range"] == "0"  # no INFERENCE_URL: none pulled
+    assert run.data.metrics["production_rows_dropped"] == 0
     assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {
         "synthetic-1500-train",
         "synthetic-1500-holdout",

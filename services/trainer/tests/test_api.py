@@ -140,21 +140,33 @@ def test_failed_job_carries_the_clear_error(tmp_path: Path) -> None:
 
 
 def test_promote_and_rollback_map_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def promote(settings: TrainerSettings, version: int, reason: str) -> dict[str, Any]:
+    def promote(settings: TrainerSettings, version: int, reason: str, **kw: Any) -> dict[str, Any]:
         if version == 99:
             raise NotFound("model 'm' has no version 99")
-        return {"version": version, "reason": reason}
+        return {
+            "model_name": "m",
+            "version": version,
+            "previous_version": None,
+            "action": reason,
+            "export_dir": "/x",
+            "event": {
+                "at": "2026-01-01T00:00:00Z",
+                "model_name": "m",
+                "version": version,
+                "previous_version": None,
+                "action": "promote",
+                "reason": reason,
+            },
+        }
 
-    def rollback(settings: TrainerSettings, reason: str) -> dict[str, Any]:
+    def rollback(settings: TrainerSettings, reason: str, **kw: Any) -> dict[str, Any]:
         raise Conflict("no previous champion to roll back to")
 
     monkeypatch.setattr(app_module.service, "promote", promote)
     monkeypatch.setattr(app_module.service, "rollback", rollback)
     with TestClient(create_app(settings(tmp_path), train_fn=SlowTrain())) as c:
-        assert c.post("/promote", json={"version": 3}, headers=AUTH).json() == {
-            "version": 3,
-            "reason": "manual promotion",
-        }
+        body = c.post("/promote", json={"version": 3}, headers=AUTH).json()
+        assert body["version"] == 3 and body["action"] == "manual promotion"
         assert c.post("/promote", json={"version": 99}, headers=AUTH).status_code == 404
         assert c.post("/promote", json={"version": "x"}, headers=AUTH).status_code == 422
         r = c.post("/rollback", headers=AUTH)

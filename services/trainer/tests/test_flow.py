@@ -18,6 +18,7 @@ from gradeflow_trainer import history as hist
 from gradeflow_trainer import pipeline as P
 from gradeflow_trainer import service
 from gradeflow_trainer.config import TrainerSettings
+from gradeflow_trainer.labelled import LabelledRows
 from gradeflow_trainer.registry import InMemoryRegistry
 
 GOOD = ("gbr", {"n_estimators": 60, "learning_rate": 0.1, "max_depth": 3})
@@ -44,13 +45,15 @@ def train(
     registry: InMemoryRegistry,
     monkeypatch: pytest.MonkeyPatch,
     candidate: tuple[str, dict[str, Any]] = GOOD,
+    stages: list[tuple[str, float]] | None = None,
 ) -> TrainResult:
     monkeypatch.setattr(service, "fit", functools.partial(P.fit, candidates=[candidate]))
-    stages: list[float] = []
+    stages = [] if stages is None else stages
     result = service.train_once(
-        settings, RetrainRequest(reason="unit"), lambda s, f: stages.append(f), registry=registry
+        settings, RetrainRequest(reason="unit"), lambda s, f: stages.append((s, f)), registry=registry
     )
-    assert stages == sorted(stages) and stages[-1] == 1.0
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
     return result
 
 
@@ -160,9 +163,11 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     reg = InMemoryRegistry()
     train(settings, reg, monkeypatch)
     df = generate(400, seed=11, scenario="concept_study_hours")
-    prod = (P.prepare_frame(df, COLUMNS), df[TARGET].astype(float))
+    dropped = {"label_out_of_range": 3, "request_id_duplicate": 1}
+    prod = LabelledRows(P.prepare_frame(df, COLUMNS), df[TARGET].astype(float), dropped)
     monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: prod)
-    r = train(settings, reg, monkeypatch)
+    stages: list[tuple[str, float]] = []
+    r = train(settings, reg, monkeypatch, stages=stages)
     assert r.rows["production"] == 400 and r.rows["production_holdout"] == 120
     d = r.decision
     assert d.evaluated_on == ["base_holdout", "recent_labelled"] and d.champion_version == 1
@@ -171,7 +176,18 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     assert d.challenger["recent_labelled_rmse"] < d.champion["recent_labelled_rmse"] * 0.95
     assert d.promoted and "drifted" in d.reason, d.reason
     assert reg.champion_version() == 2 and current_version(settings)[1] == 2
-    assert reg.runs[r.run_id].record.params["rows_production"] == 400
+    # the refused rows are counted in the result, the run's params and metrics
+    assert r.rows["production_dropped"] == 4 and r.rows["production_dropped_label_out_of_range"] == 3
+    record = reg.runs[r.run_id].record
+    assert (
+        record.params["rows_production"] == 400 and record.params["production_dropped_feature_invalid"] == 0
+    )
+    assert record.params["production_dropped_request_id_duplicate"] == 1
+    assert record.metrics["production_rows_dropped"] == 4
+    notes = [s for s, _ in stages if s.startswith("production data")]
+    assert notes == [
+        "production data: 400 labelled rows used, 4 dropped (label_out_of_range 3, request_id_duplicate 1)"
+    ]
 
 
 def test_malformed_dataset_is_refused_before_anything_is_registered(

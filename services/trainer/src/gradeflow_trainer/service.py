@@ -34,19 +34,19 @@ import pandas as pd
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import (
     GateDecision,
-    PredictionPage,
     PromotionEvent,
     RetrainRequest,
     TrainResult,
 )
 from gradeflow_shared.datasets import ColumnSpec, DatasetSpec, fingerprint, load_dataset, load_spec
-from gradeflow_shared.errors import Conflict, ExportError, GradeflowError
+from gradeflow_shared.errors import Conflict, ExportError, GradeflowError, UpstreamError
 from gradeflow_shared.http import ServiceClient
 
 from . import gate
 from . import history as hist
 from .config import TrainerSettings
 from .export import export_model, load_export
+from .labelled import REASONS, LabelledRows, clean_labelled
 from .pipeline import FitResult, evaluate, fit, naive_metrics, prepare_frame, split
 from .progress import Progress, no_progress
 from .registry import ALIAS, LoggedInput, Registered, Registry, RunRecord
@@ -86,17 +86,15 @@ def load_base(
     return spec, X, y, columns
 
 
-def pull_labelled(
-    settings: TrainerSettings, columns: list[ColumnSpec]
-) -> tuple[pd.DataFrame, pd.Series] | None:
-    """Labelled production rows from inference (``GET /predictions?labelled=true``), oldest first.
+def fetch_labelled(settings: TrainerSettings) -> list[Any] | None:
+    """The raw rows of ``GET /predictions?labelled=true`` (every page), unchecked.
 
     None when INFERENCE_URL is empty or the service does not answer (a warning, not an error:
     retraining on the base data alone is still useful).
     """
     if not settings.inference_url:
         return None
-    items: list[dict[str, Any]] = []
+    rows: list[Any] = []
     since_id: int | None = None
     try:
         with ServiceClient(settings.inference_url, timeout=15.0, retries=1, backoff=0.5) as cl:
@@ -104,23 +102,46 @@ def pull_labelled(
                 params: dict[str, Any] = {"labelled": "true", "limit": PAGE_LIMIT}
                 if since_id is not None:
                     params["since_id"] = since_id
-                page = PredictionPage.model_validate(cl.get("/predictions", params=params))
-                for it in page.items:
-                    if it.actual is not None:
-                        items.append({**it.features, "__actual": it.actual, "__id": it.id})
-                if not page.items or page.next_since_id is None:
+                page = cl.get("/predictions", params=params)
+                items = page.get("items") if isinstance(page, dict) else None
+                if not isinstance(items, list):
+                    raise UpstreamError(f"GET {settings.inference_url}/predictions answered no list of items")
+                rows.extend(items)
+                nxt = page.get("next_since_id")
+                if not items or nxt is None:
                     break
-                since_id = page.next_since_id
+                if (
+                    isinstance(nxt, bool)
+                    or not isinstance(nxt, int)
+                    or (since_id is not None and nxt <= since_id)
+                ):
+                    logger.warning("GET /predictions: next_since_id %r does not advance; pull stopped", nxt)
+                    break
+                since_id = nxt
     except GradeflowError as exc:
         logger.warning("no production data from %s: %s", settings.inference_url, exc.message)
         return None
-    if not items:
+    return rows
+
+
+def pull_labelled(
+    settings: TrainerSettings, spec: DatasetSpec, columns: list[ColumnSpec]
+) -> LabelledRows | None:
+    """Labelled production rows from inference, re-checked (``labelled``), oldest first."""
+    raw = fetch_labelled(settings)
+    if raw is None:
         return None
-    df = pd.DataFrame(items).sort_values("__id").tail(settings.production_max_rows).reset_index(drop=True)
-    y = pd.Series(df["__actual"].astype(float).to_numpy())
-    X = prepare_frame(df, columns).reset_index(drop=True)
-    logger.info("pulled %d labelled production rows from %s", len(X), settings.inference_url)
-    return X, y
+    rows = clean_labelled(raw, spec, columns, settings.production_max_rows)
+    if rows.dropped:
+        logger.warning(
+            "dropped %d of %d labelled production rows from %s: %s",
+            rows.n_dropped,
+            len(raw),
+            settings.inference_url,
+            ", ".join(f"{k} {v}" for k, v in sorted(rows.dropped.items())),
+        )
+    logger.info("pulled %d labelled production rows from %s", len(rows.X), settings.inference_url)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,7 @@ class TrainingData:
     X_ref: pd.DataFrame  # reference sample of the export: every training row once
     y_ref: pd.Series
     rows: dict[str, int]
+    dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
 
     def eval_sets(self) -> EvalSets:
         sets: EvalSets = {gate.BASE: (self.X_test, self.y_test)}
@@ -158,6 +180,11 @@ def assemble_data(
     full[spec.target] = y.to_numpy()
     Xb_tr, Xb_te, yb_tr, yb_te = split(X, y, test_size=settings.test_size, seed=settings.seed)
     rows = {"train": len(Xb_tr), "test": len(Xb_te), "base": len(X)}
+    prod = pull_labelled(settings, spec, columns) if request.use_production_data else None
+    dropped = prod.dropped if prod is not None else {}
+    if prod is not None:
+        rows["production_dropped"] = prod.n_dropped
+        rows.update({f"production_dropped_{k}": v for k, v in dropped.items()})
     data = TrainingData(
         spec=spec,
         columns=columns,
@@ -173,19 +200,19 @@ def assemble_data(
         X_ref=Xb_tr,
         y_ref=yb_tr,
         rows=rows,
+        dropped=dropped,
     )
-    prod = pull_labelled(settings, columns) if request.use_production_data else None
-    if prod is not None and len(prod[0]) < settings.production_min_rows:
+    if prod is not None and len(prod.X) < settings.production_min_rows:
         logger.info(
             "only %d labelled production rows (< PRODUCTION_MIN_ROWS=%d): base data only",
-            len(prod[0]),
+            len(prod.X),
             settings.production_min_rows,
         )
         prod = None
     if prod is None:
         return data
     # production rows: the most recent share is held out for the gate, the rest is trained on
-    Xp, yp = prod
+    Xp, yp = prod.X, prod.y
     n_hold = max(1, int(round(len(Xp) * settings.production_holdout)))
     Xp_tr, Xp_te = Xp.iloc[:-n_hold].reset_index(drop=True), Xp.iloc[-n_hold:].reset_index(drop=True)
     yp_tr, yp_te = yp.iloc[:-n_hold].reset_index(drop=True), yp.iloc[-n_hold:].reset_index(drop=True)
@@ -215,7 +242,16 @@ def assemble_data(
         X_ref=X_train,
         y_ref=y_train,
         rows=rows,
+        dropped=dropped,
     )
+
+
+def production_note(data: TrainingData) -> str:
+    """One line on the labelled production rows: used, dropped and why."""
+    used = data.rows.get("production", 0)
+    why = ", ".join(f"{k} {v}" for k, v in sorted(data.dropped.items()))
+    note = f"production data: {used} labelled rows used, {sum(data.dropped.values())} dropped"
+    return note + (f" ({why})" if why else "")
 
 
 # ------------------------------------------------------------------ stage 2: fit + evaluate
@@ -342,13 +378,18 @@ def run_record(
             "rows_test": len(data.X_test),
             "rows_production": data.rows.get("production", 0),
             "production_weight": data.rows.get("production_weight", 0),
+            **{f"production_dropped_{k}": data.dropped.get(k, 0) for k in REASONS},
             "test_size": settings.test_size,
             "seed": settings.seed,
             "search": settings.train_search,
             "family": fitted.family,
             **{f"model.{k}": v for k, v in fitted.params.items()},
         },
-        metrics={**cand.metrics, "fit_seconds": fitted.seconds},
+        metrics={
+            **cand.metrics,
+            "fit_seconds": fitted.seconds,
+            "production_rows_dropped": float(sum(data.dropped.values())),
+        },
         cv_rmse=fitted.cv_rmse,
         inputs=inputs,
         y_holdout=np.asarray(data.y_test, dtype=float),
@@ -522,6 +563,8 @@ def train_once(
     report = progress or no_progress
     report("load data", 0.02)
     data = assemble_data(settings, request, dataset)
+    if "production_dropped" in data.rows:
+        report(production_note(data), 0.05)
     cand = fit_candidate(settings, data, report)
     report("log to MLflow", 0.68)
     registry = registry or mlflow_registry(settings)
