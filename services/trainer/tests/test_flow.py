@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gradeflow_shared import manifest as mf
-from gradeflow_shared.contracts import RetrainRequest, TrainResult
+from gradeflow_shared.contracts import PromotionEvent, RetrainRequest, TrainResult
 from gradeflow_shared.errors import Conflict, DatasetError, NotFound
 from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
 from gradeflow_trainer import history as hist
@@ -211,3 +211,16 @@ def test_malformed_dataset_is_refused_before_anything_is_registered(
         service.train_once(settings, RetrainRequest(reason="broken"), dataset=str(spec), registry=reg)
     assert "study_hours_per_week" in err.value.message and "twelve" in err.value.message
     assert reg.versions == {} and reg.runs == {}
+
+
+def test_a_long_event_fits_one_registry_tag() -> None:
+    from gradeflow_trainer.mlflow_io import _event_tag
+    from gradeflow_trainer.registry import TAG_MAX
+
+    event = hist.make_event("m", 3, 2, "gate", "why " * 3000)
+    text = _event_tag(event)
+    assert len(text) <= TAG_MAX
+    back = PromotionEvent.model_validate_json(text)
+    assert back.version == 3 and back.reason.startswith("why why") and back.reason.endswith("...")
+    short = hist.make_event("m", 3, 2, "gate", "short")
+    assert PromotionEvent.model_validate_json(_event_tag(short)) == short
