@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -138,9 +139,11 @@ def test_train_on_start_when_registry_has_no_champion(mlflow_server: ServiceProc
     from gradeflow_trainer.config import TrainerSettings
 
     calls: list[str] = []
+    called = threading.Event()
 
     def fake(request, progress):  # type: ignore[no-untyped-def]
         calls.append(request.reason)
+        called.set()
         return TrainResult(
             run_id="x",
             version=1,
@@ -158,9 +161,10 @@ def test_train_on_start_when_registry_has_no_champion(mlflow_server: ServiceProc
         admin_token=TOKEN,
     )
     with TestClient(create_app(s, train_fn=fake)) as c:
-        deadline = time.monotonic() + 60
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert called.wait(120), "the start-up job never ran"
+        job = c.app.state.runner.active() or c.app.state.runner.list()[0]  # type: ignore[attr-defined]
+        c.app.state.runner.wait(job.id, 60)  # type: ignore[attr-defined]
         jobs = c.get("/jobs").json()
     assert len(calls) == 1 and "no champion" in calls[0]
     assert len(jobs) == 1 and jobs[0]["reason"].startswith("start-up")
+    assert jobs[0]["state"] == "succeeded"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,26 @@ def settings(tmp: Path, **kw: Any) -> TrainerSettings:
     )
 
 
+WAIT = 60.0  # generous bound of every event wait: never reached unless something is broken
+
+
 class SlowTrain:
-    """A fake training that blocks until released and counts its calls."""
+    """A fake training that signals when it runs, blocks until released and counts its calls.
+
+    It asserts nothing itself (it runs on the runner's thread): a release that never comes makes
+    the job fail with the cause, which the test sees in the job's state."""
 
     def __init__(self) -> None:
+        self.started = threading.Event()
         self.release = threading.Event()
         self.calls: list[RetrainRequest] = []
 
     def __call__(self, request: RetrainRequest, progress: Any) -> TrainResult:
         self.calls.append(request)
         progress("fit", 0.5)
-        assert self.release.wait(30)
+        self.started.set()
+        if not self.release.wait(WAIT):
+            raise TimeoutError("the test never released the training")
         return TrainResult(
             run_id="r1",
             version=len(self.calls),
@@ -53,13 +61,11 @@ class SlowTrain:
         )
 
 
-def wait_state(client: TestClient, job_id: str, states: set[str], timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/jobs/{job_id}").json()
-        if body["state"] in states or time.monotonic() > deadline:
-            return body
-        time.sleep(0.02)
+def finished(client: TestClient, job_id: str) -> dict[str, Any]:
+    """The job once it has ended (the runner's own condition, not a sleep loop), as the API answers it."""
+    runner: JobRunner = client.app.state.runner  # type: ignore[attr-defined]
+    runner.wait(job_id, WAIT)
+    return client.get(f"/jobs/{job_id}").json()  # type: ignore[no-any-return]
 
 
 def test_admin_endpoints_refuse_missing_or_wrong_token(
@@ -104,17 +110,19 @@ def test_retrain_coalesces_while_a_job_is_active(tmp_path: Path) -> None:
             again = c.post("/retrain", json={"reason": "again"}, headers=AUTH)
             assert again.status_code == 200
             assert again.json()["id"] == job["id"]
-        running = wait_state(c, job["id"], {"running"})
+        assert train.started.wait(WAIT)
+        running = c.get(f"/jobs/{job['id']}").json()
+        assert running["state"] == "running", running
         assert running["stage"] == "fit" and running["progress"] == pytest.approx(0.5)
         train.release.set()
-        done = wait_state(c, job["id"], {"succeeded", "failed"})
+        done = finished(c, job["id"])
         assert done["state"] == "succeeded", done
         assert done["progress"] == 1.0 and done["result"]["version"] == 1
         assert len(train.calls) == 1 and train.calls[0].monitor_run_id == "mr-1"
         # once finished, a new trigger starts a new job
         nxt = c.post("/retrain", headers=AUTH)
         assert nxt.status_code == 202 and nxt.json()["id"] != job["id"]
-        assert wait_state(c, nxt.json()["id"], {"succeeded", "failed"})["state"] == "succeeded"
+        assert finished(c, nxt.json()["id"])["state"] == "succeeded"
         assert [j["id"] for j in c.get("/jobs").json()] == [nxt.json()["id"], job["id"]]
         r = c.get("/jobs/nope")
         assert r.status_code == 404 and r.json()["error_code"] == "NOT_FOUND"
@@ -126,27 +134,39 @@ def test_failed_job_carries_the_clear_error(tmp_path: Path) -> None:
 
     with TestClient(create_app(settings(tmp_path), train_fn=bad)) as c:
         job = c.post("/retrain", headers=AUTH).json()
-        done = wait_state(c, job["id"], {"succeeded", "failed"})
+        done = finished(c, job["id"])
         assert done["state"] == "failed"
         assert "INVALID_DATASET" in done["error"] and "'age'" in done["error"]
 
 
 def test_promote_and_rollback_map_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def promote(settings: TrainerSettings, version: int, reason: str) -> dict[str, Any]:
+    def promote(settings: TrainerSettings, version: int, reason: str, **kw: Any) -> dict[str, Any]:
         if version == 99:
             raise NotFound("model 'm' has no version 99")
-        return {"version": version, "reason": reason}
+        return {
+            "model_name": "m",
+            "version": version,
+            "previous_version": None,
+            "action": reason,
+            "export_dir": "/x",
+            "event": {
+                "at": "2026-01-01T00:00:00Z",
+                "model_name": "m",
+                "version": version,
+                "previous_version": None,
+                "action": "promote",
+                "reason": reason,
+            },
+        }
 
-    def rollback(settings: TrainerSettings, reason: str) -> dict[str, Any]:
+    def rollback(settings: TrainerSettings, reason: str, **kw: Any) -> dict[str, Any]:
         raise Conflict("no previous champion to roll back to")
 
     monkeypatch.setattr(app_module.service, "promote", promote)
     monkeypatch.setattr(app_module.service, "rollback", rollback)
     with TestClient(create_app(settings(tmp_path), train_fn=SlowTrain())) as c:
-        assert c.post("/promote", json={"version": 3}, headers=AUTH).json() == {
-            "version": 3,
-            "reason": "manual promotion",
-        }
+        body = c.post("/promote", json={"version": 3}, headers=AUTH).json()
+        assert body["version"] == 3 and body["action"] == "manual promotion"
         assert c.post("/promote", json={"version": 99}, headers=AUTH).status_code == 404
         assert c.post("/promote", json={"version": "x"}, headers=AUTH).status_code == 422
         r = c.post("/rollback", headers=AUTH)
@@ -160,14 +180,12 @@ def test_jobs_persist_and_interrupted_jobs_fail_on_restart(tmp_path: Path) -> No
     runner.start()
     job, created = runner.submit(RetrainRequest(reason="r"))
     assert created
-    deadline = time.monotonic() + 10
-    while runner.get(job.id).state != "running" and time.monotonic() < deadline:  # type: ignore[union-attr]
-        time.sleep(0.02)
+    assert train.started.wait(WAIT)
     # a new runner reading the same file (a restart) marks the running job as interrupted
     again = JobRunner(SlowTrain(), state_file=state)
     old = again.get(job.id)
     assert old is not None and old.state == "failed" and "interrupted" in (old.error or "")
     train.release.set()
-    done = runner.wait(job.id, 10)
+    done = runner.wait(job.id, WAIT)
     assert done is not None and done.state == "succeeded"
     runner.stop()

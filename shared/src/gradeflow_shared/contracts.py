@@ -14,8 +14,12 @@ JobState = Literal["queued", "running", "succeeded", "failed"]
 class RetrainRequest(BaseModel):
     """Body of the trainer's ``POST /retrain``."""
 
-    reason: str = Field(default="manual", description="Why a retrain is asked for (shown in the job).")
-    monitor_run_id: str | None = Field(default=None, description="The monitor run that triggered it.")
+    reason: str = Field(
+        default="manual", max_length=2000, description="Why a retrain is asked for (shown in the job)."
+    )
+    monitor_run_id: str | None = Field(
+        default=None, max_length=100, description="The monitor run that triggered it."
+    )
     use_production_data: bool = Field(
         default=True, description="Also train on labelled production data pulled from inference."
     )
@@ -63,13 +67,16 @@ class Job(BaseModel):
     error: str | None = None
 
 
+MAX_VERSION = 2**31 - 1  # registry versions are 32-bit integers
+
+
 class PromoteRequest(BaseModel):
-    version: int = Field(description="Model version to make champion.")
-    reason: str = "manual promotion"
+    version: int = Field(ge=1, le=MAX_VERSION, description="Model version to make champion.")
+    reason: str = Field(default="manual promotion", max_length=500, description="Recorded with the event.")
 
 
 class RollbackRequest(BaseModel):
-    reason: str = "manual rollback"
+    reason: str = Field(default="manual rollback", max_length=500, description="Recorded with the event.")
 
 
 class PromotionEvent(BaseModel):

@@ -5,15 +5,12 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, InferenceUrlSettings
 
 
 class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSettings):
     """Every variable the trainer reads (no prefix)."""
-
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     trainer_port: int = Field(default=8001, description="Port of the trainer's HTTP API (TRAINER_PORT).")
     mlflow_tracking_uri: str = Field(

@@ -1,11 +1,17 @@
 """Promotion history: who was champion when, and why (MLflow keeps no alias history).
 
-Every change of the champion alias is one ``PromotionEvent``, appended as a JSON line to
-``DATA_DIR/trainer/promotions.jsonl`` and mirrored into MLflow (a JSON-list tag on the
-model version and a compact list on the registered model), so the history survives the
-loss of either store. Rollback replays the events as a stack of champions: ``promote``
-and ``gate`` push a version, ``rollback`` pops the top; the rollback target is the entry
-below the top.
+**One source of truth**: the registry's list of promotion events (``Registry.promotion_events``;
+on MLflow one registered-model tag per event, ``gradeflow.promotion.<n>``). Every change of the
+champion alias appends one ``PromotionEvent`` there (``record``), and ``write_views`` derives every
+other view from that list, in one place:
+
+* ``DATA_DIR/trainer/promotions.jsonl``: the whole list, rewritten atomically (``GET /history``
+  reads it, so it answers while the registry is down);
+* the model-version tag ``gradeflow.promotions``: the events of that version (JSON list);
+* the registered-model tag ``gradeflow.champion_history``: a compact list of every event.
+
+Rollback replays the events as a stack of champions: ``promote`` and ``gate`` push a version,
+``rollback`` pops the top; the rollback target is the entry below the top.
 """
 
 from __future__ import annotations
@@ -13,30 +19,36 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gradeflow_shared.contracts import PromotionEvent
 
+from .registry import TAG_MAX, Registry
+
 logger = logging.getLogger(__name__)
 
 FILE = "promotions.jsonl"
-_lock = threading.Lock()
+HISTORY_TAG = "gradeflow.champion_history"  # registered-model tag: compact list of every event
+EVENTS_TAG = "gradeflow.promotions"  # model-version tag: the events of that version
+VERSION_EVENTS_KEEP = 20
 
 
 class History:
+    """The history file: a view of the registry's events (written only by ``write_views``)."""
+
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / FILE
 
-    def append(self, event: PromotionEvent) -> None:
-        line = event.model_dump_json() + "\n"
-        with _lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
+    def write(self, events: list[PromotionEvent]) -> None:
+        text = "".join(e.model_dump_json() + "\n" for e in events)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
 
     def events(self, model_name: str | None = None) -> list[PromotionEvent]:
         if not self.path.is_file():
@@ -53,11 +65,6 @@ class History:
             if model_name is None or ev.model_name == model_name:
                 out.append(ev)
         return out
-
-    def seed(self, events: list[PromotionEvent]) -> None:
-        """Write events recovered from MLflow when the local file is missing."""
-        for ev in events:
-            self.append(ev)
 
 
 def champion_stack(events: list[PromotionEvent]) -> list[int]:
@@ -94,7 +101,7 @@ def to_compact(events: list[PromotionEvent], keep: int = 60) -> str:
     rows = [[e.at.isoformat(timespec="seconds"), e.action, e.version, e.previous_version] for e in events]
     while rows:
         text = json.dumps(rows[-keep:])
-        if len(text) <= 5000:
+        if len(text) <= TAG_MAX:
             return text
         keep -= 5
     return "[]"
@@ -116,3 +123,36 @@ def from_compact(model_name: str, text: str) -> list[PromotionEvent]:
         ]
     except (ValueError, TypeError, IndexError, KeyError):
         return []
+
+
+def legacy_events(model_name: str, model_tags: dict[str, str]) -> list[PromotionEvent]:
+    """The events of a registry written before each event had its own tag (its compact tag)."""
+    tag = model_tags.get(HISTORY_TAG)
+    return from_compact(model_name, tag) if tag else []
+
+
+def version_events_tag(events: list[PromotionEvent], version: int) -> str:
+    """The JSON list of ``version``'s events (the last ones that fit a tag)."""
+    mine = [json.loads(e.model_dump_json()) for e in events if e.version == version]
+    keep = VERSION_EVENTS_KEEP
+    while keep > 1 and len(json.dumps(mine[-keep:])) > TAG_MAX:
+        keep -= 1
+    return json.dumps(mine[-keep:])
+
+
+def write_views(
+    registry: Registry, history: History, events: list[PromotionEvent], version: int | None = None
+) -> None:
+    """Derive every view of the history from ``events`` (the registry's list): the history file, the
+    compact registered-model tag and ``version``'s tag (the only version tag an event changes)."""
+    history.write(events)
+    if version is not None:
+        registry.set_version_tags(version, {EVENTS_TAG: version_events_tag(events, version)})
+    if events:  # no event, maybe no registered model yet: nothing to tag
+        registry.set_model_tag(HISTORY_TAG, to_compact(events))
+
+
+def record(registry: Registry, history: History, event: PromotionEvent) -> None:
+    """Append ``event`` to the source of truth, then refresh the views from it."""
+    registry.add_promotion_event(event)
+    write_views(registry, history, registry.promotion_events(), event.version)

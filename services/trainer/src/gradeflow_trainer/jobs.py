@@ -21,9 +21,10 @@ from pathlib import Path
 from gradeflow_shared.contracts import Job, RetrainRequest, TrainResult
 from gradeflow_shared.errors import GradeflowError
 
+from .progress import Progress
+
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, float], None]  # (stage, fraction 0..1), like pipeline.fit
 TrainFn = Callable[[RetrainRequest, Progress], TrainResult]
 
 MAX_JOBS_KEPT = 200

@@ -1,5 +1,8 @@
 """Everything the trainer asks of the MLflow server (over HTTP): runs, registry, aliases.
 
+``MlflowRegistry`` is the adapter of the ``registry.Registry`` protocol on a real server; the
+functions below it are the building blocks it (and the start-up check) uses.
+
 The champion is the registered model version carrying the ``champion`` alias (stages are
 deprecated). Models are logged with the **skops** format (MLflow 3's default); loading one
 back checks that every type skops reports as untrusted belongs to a short allow-list of
@@ -10,24 +13,25 @@ pickle" switch is needed and no arbitrary code runs from the artifact.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
+from gradeflow_shared.contracts import GateDecision, PromotionEvent
 from gradeflow_shared.errors import ExportError, NotFound, UpstreamError
 
 from .config import TrainerSettings
+from .registry import ALIAS, EXPORT_ARTIFACTS, TAG_MAX, Registered, RunRecord, VersionInfo
 
 logger = logging.getLogger(__name__)
 
-ALIAS = "champion"
 TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
-TAG_MAX = 5000  # MLflow's limit on tag values
 
 
 def configure(settings: TrainerSettings) -> None:
@@ -97,30 +101,31 @@ def get_version(cl: Any, name: str, version: int) -> Any:
         raise _upstream(exc, f"reading {name} v{version}") from exc
 
 
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """A failed registry write as UpstreamError (the platform's error model), cause kept."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise _upstream(exc, what) from exc
+
+
 def set_champion(cl: Any, name: str, version: int) -> None:
-    cl.set_registered_model_alias(name, ALIAS, str(version))
+    with _writing(f"moving {name}@{ALIAS} to v{version}"):
+        cl.set_registered_model_alias(name, ALIAS, str(version))
 
 
-def set_version_tags(cl: Any, name: str, version: int, tags: dict[str, Any]) -> None:
-    for k, v in tags.items():
-        value = v if isinstance(v, str) else json.dumps(v)
-        cl.set_model_version_tag(name, str(version), k, value[:TAG_MAX])
-
-
-def append_json_tag(cl: Any, name: str, version: int, key: str, item: dict[str, Any], keep: int = 20) -> None:
-    """Append ``item`` to a JSON-list tag of a model version (keeping the last ``keep``)."""
-    mv = get_version(cl, name, version)
-    items: list[Any] = []
-    with contextlib.suppress(ValueError, TypeError):
-        items = list(json.loads((mv.tags or {}).get(key, "[]")))
-    items.append(item)
-    while len(items) > 1 and len(json.dumps(items[-keep:])) > TAG_MAX:
-        keep -= 1
-    cl.set_model_version_tag(name, str(version), key, json.dumps(items[-keep:]))
+def set_version_tags(cl: Any, name: str, version: int, tags: dict[str, str]) -> None:
+    with _writing(f"tagging {name} v{version}"):
+        for k, v in tags.items():
+            cl.set_model_version_tag(name, str(version), k, v[:TAG_MAX])
 
 
 def set_model_tag(cl: Any, name: str, key: str, value: str) -> None:
-    cl.set_registered_model_tag(name, key, value[:TAG_MAX])
+    with _writing(f"tagging registered model {name}"):
+        cl.set_registered_model_tag(name, key, value[:TAG_MAX])
 
 
 def get_model_tags(cl: Any, name: str) -> dict[str, str]:
@@ -134,12 +139,11 @@ def get_model_tags(cl: Any, name: str) -> dict[str, str]:
         raise _upstream(exc, f"reading registered model {name}") from exc
 
 
-def run_url(settings: TrainerSettings, run_id: str, experiment_id: str | None = None) -> str:
-    if experiment_id is None:
-        try:
-            experiment_id = client(settings).get_run(run_id).info.experiment_id
-        except Exception:  # noqa: BLE001 - a link is best effort
-            experiment_id = "0"
+def run_url(settings: TrainerSettings, run_id: str) -> str:
+    try:
+        experiment_id = client(settings).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a link is best effort
+        experiment_id = "0"
     return f"{settings.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
@@ -185,3 +189,148 @@ def load_version_model(cl: Any, name: str, version: int, tmp: Path) -> Any:
     if bad:
         raise ExportError(f"{name} v{version}: skops file references untrusted types {bad}")
     return skops.io.load(path, trusted=untrusted)
+
+
+# ------------------------------------------------------------------ the Registry adapter
+EVENT_TAG_PREFIX = "gradeflow.promotion."  # one registered-model tag per promotion event
+
+
+def _log_plots(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "base_holdout") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    yt = np.asarray(y_true, dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(yt, y_pred, s=6, alpha=0.5)
+    lo, hi = float(min(yt.min(), y_pred.min())), float(max(yt.max(), y_pred.max()))
+    ax.plot([lo, hi], [lo, hi], "r--", lw=1)
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"Predicted vs actual ({prefix})")
+    mlflow.log_figure(fig, f"plots/{prefix}_predicted_vs_actual.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    resid = yt - y_pred
+    ax.scatter(y_pred, resid, s=6, alpha=0.5)
+    ax.axhline(0, color="r", lw=1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual - predicted")
+    ax.set_title(f"Residuals ({prefix})")
+    mlflow.log_figure(fig, f"plots/{prefix}_residuals.png")
+    plt.close(fig)
+
+
+def _event_tag(event: PromotionEvent) -> str:
+    """The event as JSON within MLflow's tag limit (the reason is shortened when needed)."""
+    text = event.model_dump_json()
+    if len(text) <= TAG_MAX:
+        return text
+    room = max(0, len(event.reason) - (len(text) - TAG_MAX) - 3)
+    return event.model_copy(update={"reason": event.reason[:room] + "..."}).model_dump_json()
+
+
+class MlflowRegistry:
+    """``registry.Registry`` on an MLflow tracking server and Model Registry (over HTTP)."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        configure(settings)
+        self.settings = settings
+        self.model_name = settings.model_name
+        self.client = client(settings)
+
+    def log_candidate(self, record: RunRecord) -> Registered:
+        import mlflow
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.models import infer_signature
+
+        mlflow.set_experiment(self.settings.experiment_name)
+        with mlflow.start_run(run_name=record.run_name) as run:
+            mlflow.set_tags(record.tags)
+            mlflow.log_params(record.params)
+            mlflow.log_metrics(record.metrics)
+            if record.cv_rmse:
+                mlflow.log_metric("cv_rmse_best", min(record.cv_rmse.values()))
+                mlflow.log_dict(record.cv_rmse, "search/cv_rmse.json")
+            for item in record.inputs:
+                src: dict[str, Any] = {"source": item.source} if item.source else {}
+                mlflow.log_input(
+                    from_pandas(item.frame, **src, targets=record.target, name=item.name),
+                    context=item.context,
+                )
+            _log_plots(record.y_holdout, record.pred_holdout)
+            mlflow.log_artifacts(str(record.artifacts_dir), artifact_path=EXPORT_ARTIFACTS)
+            sample = record.input_example.head(50)
+            info = mlflow.sklearn.log_model(
+                record.pipeline,
+                name="model",
+                registered_model_name=self.model_name,
+                signature=infer_signature(sample, record.pipeline.predict(sample)),
+                input_example=record.input_example.head(3),
+                serialization_format="skops",
+                skops_trusted_types=skops_trusted_types(record.pipeline),
+            )
+        return Registered(
+            run_id=run.info.run_id, version=int(info.registered_model_version), model_uri=info.model_uri
+        )
+
+    def record_run_decision(self, run_id: str, decision: GateDecision) -> None:
+        self.client.set_tag(run_id, "gate.promoted", str(decision.promoted).lower())
+        self.client.set_tag(run_id, "gate.reason", decision.reason[: TAG_MAX - 100])
+        self.client.log_dict(run_id, decision.model_dump(mode="json"), "gate/decision.json")
+
+    def champion_version(self) -> int | None:
+        return champion_version(self.client, self.model_name)
+
+    def set_champion(self, version: int) -> None:
+        set_champion(self.client, self.model_name, version)
+
+    def version(self, version: int) -> VersionInfo:
+        mv = get_version(self.client, self.model_name, version)
+        return VersionInfo(
+            version=version, run_id=mv.run_id, source=mv.source or "", tags=dict(mv.tags or {})
+        )
+
+    def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
+        set_version_tags(self.client, self.model_name, version, tags)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        set_model_tag(self.client, self.model_name, key, value)
+
+    def load_model(self, version: int, tmp: Path) -> Any:
+        return load_version_model(self.client, self.model_name, version, tmp)
+
+    def export_artifacts(self, run_id: str, dst: Path) -> Path:
+        return download(self.client, run_id, EXPORT_ARTIFACTS, dst)
+
+    def _event_tags(self) -> list[tuple[str, str]]:
+        tags = get_model_tags(self.client, self.model_name)
+        return sorted((k, v) for k, v in tags.items() if k.startswith(EVENT_TAG_PREFIX))
+
+    def promotion_events(self) -> list[PromotionEvent]:
+        from .history import legacy_events
+
+        rows = self._event_tags()
+        if not rows:
+            return legacy_events(self.model_name, get_model_tags(self.client, self.model_name))
+        out: list[PromotionEvent] = []
+        for key, value in rows:
+            try:
+                out.append(PromotionEvent.model_validate_json(value))
+            except ValueError:
+                logger.warning("registered model %s: tag %s is unreadable; skipped", self.model_name, key)
+        return out
+
+    def add_promotion_event(self, event: PromotionEvent) -> None:
+        rows = self._event_tags()
+        if not rows:  # a registry written before events had their own tags: move its history over first
+            for n, old in enumerate(self.promotion_events(), 1):
+                self.set_model_tag(f"{EVENT_TAG_PREFIX}{n:06d}", _event_tag(old))
+            rows = self._event_tags()
+        last = int(rows[-1][0][len(EVENT_TAG_PREFIX) :]) if rows else 0
+        self.set_model_tag(f"{EVENT_TAG_PREFIX}{last + 1:06d}", _event_tag(event))
+
+    def run_url(self, run_id: str) -> str:
+        return run_url(self.settings, run_id)

@@ -35,7 +35,7 @@ from sklearn.preprocessing import OneHotEncoder
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.manifest import MISSING_CATEGORY
 
-from .jobs import Progress
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 

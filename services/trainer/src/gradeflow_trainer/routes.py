@@ -1,0 +1,225 @@
+"""The trainer's HTTP routes: thin wrappers over ``service`` and ``jobs``, documented for OpenAPI.
+
+Admin routes (``POST /retrain``, ``/promote``, ``/rollback``) need ``Authorization: Bearer
+<ADMIN_TOKEN>`` (the ``AdminToken`` security scheme: Swagger UI's Authorize button); without it,
+or with a wrong one, they answer 401 with the platform's error body and do nothing. Every input
+is bounded by its model, so a hostile value is a 422, never a 5xx.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from gradeflow_shared.contracts import Job, PromoteRequest, PromotionEvent, RetrainRequest, RollbackRequest
+from gradeflow_shared.errors import NotFound, Unauthorized
+from gradeflow_shared.settings import bearer_matches
+
+from . import service
+from .config import TrainerSettings
+from .jobs import JobRunner
+from .registry import Registry
+
+
+# ------------------------------------------------------------------ response models
+class ErrorBody(BaseModel):
+    """The platform's one error body (``gradeflow_shared.errors``)."""
+
+    error_code: str = Field(description="Machine-readable code, e.g. UNAUTHORIZED, NOT_FOUND, INVALID_INPUT.")
+    message: str = Field(description="What went wrong, naming the field when an input is refused.")
+    details: Any = Field(default=None, description="Structured details (e.g. one entry per invalid field).")
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+    model_name: str
+    mlflow_tracking_uri: str
+    active_job: str | None = Field(description="The queued or running job, if any.")
+
+
+class PromotionResult(BaseModel):
+    model_name: str
+    version: int = Field(description="The new champion.")
+    previous_version: int | None = Field(description="The champion before this change.")
+    action: str = Field(description="promote or rollback.")
+    export_dir: str = Field(description="The export MODEL_DIR/current now points at.")
+    event: PromotionEvent
+
+
+class ModelInfo(BaseModel):
+    model_name: str
+    alias: str
+    version: int | None = Field(description="The version holding the champion alias (None: no champion).")
+    run_id: str | None
+    mlflow_run_url: str | None
+    tags: dict[str, str] = Field(default_factory=dict, description="The champion version's tags.")
+    export: dict[str, Any] | None = Field(description="The export inference serves (MODEL_DIR/current).")
+
+
+_WHY = {
+    401: "Missing or wrong `Authorization: Bearer <ADMIN_TOKEN>`; nothing was done.",
+    404: "No such item.",
+    409: "Not possible in the current state.",
+    422: "An input is invalid; the message names the field and the rule.",
+    500: "The export of the model failed its checks; the previous export keeps serving.",
+    502: "The MLflow server could not be reached or answered an error.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, all with the one error body."""
+    return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
+
+
+# ------------------------------------------------------------------ dependencies
+bearer = HTTPBearer(
+    auto_error=False, scheme_name="AdminToken", description="The ADMIN_TOKEN of the platform."
+)
+
+
+def settings_dep(request: Request) -> TrainerSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def runner_dep(request: Request) -> JobRunner:
+    return request.app.state.runner  # type: ignore[no-any-return]
+
+
+def registry_dep(request: Request) -> Registry:
+    """The registry given to ``create_app`` (tests), else the MLflow server's."""
+    return request.app.state.registry or service.mlflow_registry(request.app.state.settings)
+
+
+def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """401 unless ``Authorization: Bearer <ADMIN_TOKEN>`` (constant-time comparison)."""
+    given = f"Bearer {credentials.credentials}" if credentials else None
+    if not bearer_matches(given, request.app.state.settings.admin_token):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+Settings = Annotated[TrainerSettings, Depends(settings_dep)]
+Runner = Annotated[JobRunner, Depends(runner_dep)]
+RegistryDep = Annotated[Registry, Depends(registry_dep)]
+Admin = [Depends(require_admin)]
+JobId = Annotated[str, Path(min_length=1, max_length=64, description="The job's id (from POST /retrain).")]
+
+router = APIRouter()
+
+
+@router.get(
+    "/health",
+    summary="Liveness and the active job",
+    description="Answers while the service runs; names the registered model and the job in flight.",
+    response_model=Health,
+)
+def health(settings: Settings, runner: Runner) -> Health:
+    active = runner.active()
+    return Health(
+        status="ok",
+        service="trainer",
+        model_name=settings.model_name,
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        active_job=active.id if active else None,
+    )
+
+
+@router.post(
+    "/retrain",
+    summary="Start a training job (admin)",
+    description="Queues a training on the base data plus the labelled production rows; the gate decides "
+    "the promotion. While a job is queued or running, a new trigger is coalesced into it (200, that job) "
+    "instead of queueing another.",
+    response_model=Job,
+    status_code=202,
+    dependencies=Admin,
+    responses={
+        200: {"model": Job, "description": "Coalesced: the job already in flight."},
+        **errors(401, 422),
+    },
+)
+def retrain(runner: Runner, response: Response, body: RetrainRequest | None = None) -> Job:
+    job, created = runner.submit(body or RetrainRequest())
+    if not created:
+        response.status_code = 200
+    return job
+
+
+@router.get(
+    "/jobs",
+    summary="Every kept job, newest first",
+    description="The training jobs this trainer ran or runs (the last 200 are kept across restarts).",
+    response_model=list[Job],
+)
+def jobs(runner: Runner) -> list[Job]:
+    return runner.list()
+
+
+@router.get(
+    "/jobs/{job_id}",
+    summary="One job: state, progress, result or error",
+    description="Poll it after POST /retrain; `result` holds the gate's decision once it succeeded.",
+    response_model=Job,
+    responses=errors(404, 422),
+)
+def job(job_id: JobId, runner: Runner) -> Job:
+    found = runner.get(job_id)
+    if found is None:
+        raise NotFound(f"no job '{job_id}'", details={"job_id": job_id})
+    return found
+
+
+@router.post(
+    "/promote",
+    summary="Make a version the champion (admin)",
+    description="Exports the version (its kept export, else rebuilt from MLflow), moves the champion alias "
+    "and records the promotion; inference reloads by itself.",
+    response_model=PromotionResult,
+    dependencies=Admin,
+    responses=errors(401, 404, 422, 500, 502),
+)
+async def promote(body: PromoteRequest, settings: Settings, registry: RegistryDep) -> dict[str, Any]:
+    return await run_in_threadpool(service.promote, settings, body.version, body.reason, registry=registry)
+
+
+@router.post(
+    "/rollback",
+    summary="Return to the previous champion (admin)",
+    description="Undoes the last promotion (following the promotion history, rollbacks included).",
+    response_model=PromotionResult,
+    dependencies=Admin,
+    responses=errors(401, 409, 422, 500, 502),
+)
+async def rollback(
+    settings: Settings, registry: RegistryDep, body: RollbackRequest | None = None
+) -> dict[str, Any]:
+    reason = body.reason if body else RollbackRequest().reason
+    return await run_in_threadpool(service.rollback, settings, reason, registry=registry)
+
+
+@router.get(
+    "/history",
+    summary="Promotion history, oldest first",
+    description="Every change of the champion: gate promotions, manual promotions and rollbacks.",
+    response_model=list[PromotionEvent],
+)
+def history(settings: Settings) -> list[PromotionEvent]:
+    return service.history(settings).events(settings.model_name)
+
+
+@router.get(
+    "/model",
+    summary="The champion and the export inference serves",
+    description="The version holding the champion alias (with its tags and MLflow run link) and the "
+    "manifest summary of MODEL_DIR/current.",
+    response_model=ModelInfo,
+    responses=errors(502),
+)
+def model(settings: Settings, registry: RegistryDep) -> dict[str, Any]:
+    return service.champion_info(settings, registry=registry)
