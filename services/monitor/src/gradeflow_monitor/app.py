@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from gradeflow_shared.contracts import DriftVerdict
 from gradeflow_shared.errors import NotFound, install_error_handlers
+from gradeflow_shared.webdocs import install_docs
 
 from .config import MonitorSettings, get_settings
 from .pages import index_page
@@ -79,6 +80,7 @@ def create_app(
 
     app = FastAPI(title="GradeFlow monitor", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_docs(app)
 
     @app.get("/health")
     def health(request: Request) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from gradeflow_shared.contracts import (
 )
 from gradeflow_shared.errors import GradeflowError, NotFound, Unauthorized, install_error_handlers
 from gradeflow_shared.settings import bearer_matches, require_secret
+from gradeflow_shared.webdocs import install_docs
 
 from . import mlflow_io as mio
 from . import service
@@ -99,6 +100,7 @@ def create_app(settings: TrainerSettings | None = None, train_fn: TrainFn | None
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app)
 
     @app.get("/health")
     def health(runner: Runner) -> dict[str, Any]:
