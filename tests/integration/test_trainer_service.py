@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import start_mlflow
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.procs import ServiceProcess, bin_path, free_port
 from gradeflow_shared.synth import synthetic_spec
+from tests.support.services import start_mlflow
 
 pytestmark = pytest.mark.integration
 
