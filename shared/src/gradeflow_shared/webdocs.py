@@ -11,6 +11,8 @@ service, on an app created normally::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -52,36 +54,37 @@ def install_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc
     app.router.routes[:] = [r for r in app.router.routes if not _is_default_docs_route(r, replaced)]
     app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url = docs_url, redoc_url, redirect_url
     app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
-    parameters = {**SWAGGER_PARAMETERS, **(app.swagger_ui_parameters or {})}
+    swagger = partial(
+        get_swagger_ui_html,
+        title=f"{app.title} - Swagger UI",
+        init_oauth=app.swagger_ui_init_oauth,
+        swagger_ui_parameters={**SWAGGER_PARAMETERS, **(app.swagger_ui_parameters or {})},
+    )
+    redoc = partial(get_redoc_html, title=f"{app.title} - ReDoc", with_google_fonts=False)
 
-    def root(request: Request) -> str:
-        return str(request.scope.get("root_path", ""))
+    def page(path: str, render: Callable[..., HTMLResponse], **urls: str) -> None:
+        """GET ``path`` answers ``render(**urls)``, each URL under the request's root path (proxies)."""
 
-    @app.get(docs_url, include_in_schema=False)
-    async def swagger_ui_html(request: Request) -> HTMLResponse:
-        base = root(request)
-        return get_swagger_ui_html(
-            openapi_url=f"{base}{openapi_url}",
-            title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{base}{ASSETS_URL}/{SWAGGER_JS}",
-            swagger_css_url=f"{base}{ASSETS_URL}/{SWAGGER_CSS}",
-            swagger_favicon_url=f"{base}{ASSETS_URL}/{FAVICON}",
-            oauth2_redirect_url=f"{base}{redirect_url}",
-            init_oauth=app.swagger_ui_init_oauth,
-            swagger_ui_parameters=parameters,
-        )
+        async def endpoint(request: Request) -> HTMLResponse:
+            base = str(request.scope.get("root_path", ""))
+            return render(**{name: f"{base}{url}" for name, url in urls.items()})
 
-    @app.get(redirect_url, include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        app.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False)
 
-    @app.get(redoc_url, include_in_schema=False)
-    async def redoc_html(request: Request) -> HTMLResponse:
-        base = root(request)
-        return get_redoc_html(
-            openapi_url=f"{base}{openapi_url}",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{base}{ASSETS_URL}/{REDOC_JS}",
-            redoc_favicon_url=f"{base}{ASSETS_URL}/{FAVICON}",
-            with_google_fonts=False,
-        )
+    page(
+        docs_url,
+        swagger,
+        openapi_url=openapi_url,
+        oauth2_redirect_url=redirect_url,
+        swagger_js_url=f"{ASSETS_URL}/{SWAGGER_JS}",
+        swagger_css_url=f"{ASSETS_URL}/{SWAGGER_CSS}",
+        swagger_favicon_url=f"{ASSETS_URL}/{FAVICON}",
+    )
+    page(redirect_url, get_swagger_ui_oauth2_redirect_html)
+    page(
+        redoc_url,
+        redoc,
+        openapi_url=openapi_url,
+        redoc_js_url=f"{ASSETS_URL}/{REDOC_JS}",
+        redoc_favicon_url=f"{ASSETS_URL}/{FAVICON}",
+    )
