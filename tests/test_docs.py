@@ -12,9 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_readme_lists_every_environment_variable() -> None:
     readme = (REPO / "README.md").read_text()
-    assert env_table.table() in readme, (
-        "README is stale: run `python scripts/env_table.py README.md`"
-    )
+    assert env_table.table() in readme, "README is stale: run `python scripts/env_table.py README.md`"
 
 
 def test_every_make_target_has_help() -> None:
