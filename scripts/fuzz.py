@@ -73,7 +73,9 @@ def fuzz_service(name: str, urls: Urls, args: argparse.Namespace, out_dir: Path)
     print(f"\n=== schemathesis: {name} ({getattr(urls, name)}), output in {log}", flush=True)
     t0 = time.monotonic()
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        # in out_dir: schemathesis keeps a cache of earlier crashes (.schemathesis/) in its working
+        # folder and replays them first; each run starts fresh and leaves nothing in the repository
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=out_dir)
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:

@@ -52,7 +52,7 @@ def _app(bug: str | None) -> FastAPI:
 
 def _fuzz(base: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     cmd = schemathesis_cmd(base, TOKEN, seed=1, max_examples=30, report=tmp / "junit.xml")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, cwd=tmp)
 
 
 def test_a_clean_api_passes(tmp_path: Path) -> None:
