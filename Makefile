@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export COMPOSE_BAKE := false
 
 .PHONY: help install up start down train test test-unit test-integration lint format bench demo \
-        compose-up compose-down compose-test uci-benchmark drift-quality clean
+        compose-up compose-down compose-test uci-benchmark drift-quality fuzz clean
 
 help: ## Show this help
 	@echo "GradeFlow - make targets:"
@@ -53,6 +53,9 @@ test-unit: install ## Run the fast tests only (no real processes)
 
 test-integration: install ## Run only the tests that start real processes (integration and end to end)
 	$(PY) -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+
+fuzz: install ## Schemathesis (--checks all, fixed seed) against inference, trainer and monitor run as processes
+	$(PY) -m scripts.fuzz $(FUZZ_ARGS)
 
 lint: install ## ruff (lint + format check), mypy, and the GitHub workflow check
 	$(PY) -m ruff check .

@@ -1,49 +1,24 @@
-"""Fixtures shared by every test folder: free ports, a real mlflow server, PostgreSQL.
+"""Fixtures shared by every test folder: a real mlflow server, PostgreSQL.
 
 ``REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns a skip for a missing PostgreSQL or Docker
-into a failure, since CI here has both.
+into a failure, since CI here has both. The helpers behind them live in ``tests.support``.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from gradeflow_shared.procs import ServiceProcess, bin_path
-from gradeflow_testkit.servers import free_port
-
-REPO = Path(__file__).resolve().parent
-PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-
-
-def need(reason: str) -> None:
-    """Skip with a reason, or fail when REQUIRE_SERVICES=1."""
-    if os.environ.get("REQUIRE_SERVICES") == "1":
-        pytest.fail(f"REQUIRE_SERVICES=1 but: {reason}")
-    pytest.skip(reason)
-
-
-def _pg_available() -> str | None:
-    try:
-        import sqlalchemy as sa
-
-        eng = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
-        with eng.connect() as c:
-            c.execute(sa.text("select 1"))
-        eng.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}: {str(exc)[:200]}"
+from gradeflow_shared.procs import ServiceProcess
+from tests.support.services import PG_ADMIN_URL, need, pg_problem, start_mlflow
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL schema (dropped afterwards); skips without PostgreSQL."""
-    problem = _pg_available()
+    problem = pg_problem()
     if problem:
         need(problem)
     import sqlalchemy as sa
@@ -59,27 +34,6 @@ def postgres_url() -> Iterator[str]:
         with eng.connect() as c:
             c.execute(sa.text(f'drop schema "{schema}" cascade'))
         eng.dispose()
-
-
-def start_mlflow(tmp: Path, backend: str | None = None) -> ServiceProcess:
-    port = free_port()
-    env = {
-        "DATA_DIR": str(tmp),
-        "MLFLOW_PORT": str(port),
-        "HOST": "127.0.0.1",
-    }
-    if backend:
-        env["MLFLOW_BACKEND_STORE_URI"] = backend
-    svc = ServiceProcess(
-        name="mlflow",
-        cmd=[bin_path("gradeflow-mlflow")],
-        env=env,
-        log_path=tmp / "logs" / "mlflow.log",
-        health_url=f"http://127.0.0.1:{port}/health",
-    )
-    svc.start(wait=120)
-    svc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return svc
 
 
 @pytest.fixture(scope="session")

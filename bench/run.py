@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -158,6 +159,9 @@ def ours(work: Path, log_enabled: bool, extra_env: dict[str, str] | None = None)
         "INFERENCE_LOG_ENABLED": str(log_enabled).lower(),
         "LOG_LEVEL": "WARNING",
         "INFERENCE_WORKERS": "1",
+        # tokens for the authenticated routes (POST /feedback): no placeholder secrets, even in a benchmark
+        "ADMIN_TOKEN": secrets.token_urlsafe(32),
+        "LABELLER_TOKEN": secrets.token_urlsafe(32),
         **(extra_env or {}),
     }
     return Server(

@@ -103,7 +103,7 @@ def main() -> int:
         rc = subprocess.call([sys.executable, str(REPO / "scripts" / "up.py"), "start"])
         if rc != 0:
             return rc
-    inf = httpx.Client(base_url=u.inference, timeout=60)
+    inf = httpx.Client(base_url=u.inference, timeout=60, headers=u.auth)  # POST /feedback needs the token
     tr = httpx.Client(base_url=u.trainer, timeout=30, headers=u.auth)
     mon = httpx.Client(base_url=u.monitor, timeout=120)
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from scripts import env_table
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _env_table_module():  # scripts/ is not a package
-    spec = importlib.util.spec_from_file_location("env_table", REPO / "scripts" / "env_table.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_readme_lists_every_environment_variable() -> None:
     readme = (REPO / "README.md").read_text()
-    assert _env_table_module().table() in readme, (
-        "README is stale: run `python scripts/env_table.py README.md`"
-    )
+    assert env_table.table() in readme, "README is stale: run `python scripts/env_table.py README.md`"
 
 
 def test_every_make_target_has_help() -> None:

@@ -3,7 +3,8 @@
 train -> serve -> normal traffic (no drift verdict, no retrain) -> drifted traffic with feedback ->
 drift detected -> exactly one retrain -> a new version promoted and served by itself -> its MAE on
 the drifted data <= 0.8x the old model's -> no prediction request failed during the whole run ->
-a second trigger during the retrain did not start another.
+a second check while the retrain runs (or in its cooldown) is recorded as "not triggered" with the
+reason, and no other retrain starts.
 
 Runs against the four services as local processes on free ports, or against a running platform
 given by E2E_*_URL (the container test). Every service's log is printed when it fails.
@@ -20,8 +21,7 @@ import pytest
 
 from gradeflow_shared import synth
 from gradeflow_testkit.loop import BackgroundTraffic, Urls, mae, predict, send_labelled, to_records, wait_for
-
-from .conftest import _external, local_stack, print_logs
+from tests.support.stack import external_platform, local_stack, print_logs, stop_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -32,7 +32,7 @@ DRIFT_ROWS = 1200
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Urls]:
-    ext = _external()
+    ext = external_platform()
     if ext is not None:
         yield ext
         return
@@ -54,8 +54,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
     finally:
         if request.session.stash.get("e2e_failed", False) or request.session.testsfailed:  # type: ignore[attr-defined]
             print_logs(procs)
-        for p in reversed(procs):
-            p.stop()
+        stop_stack(procs)
 
 
 def _jobs(c: httpx.Client) -> list[dict[str, Any]]:
@@ -69,10 +68,13 @@ def _drift(c: httpx.Client) -> dict[str, Any]:
     return r.json()
 
 
-def check_now(mon: httpx.Client) -> None:
-    """POST /checks; a 409 means the scheduled check runs right now: try again."""
-    r = wait_for("POST /checks", lambda: (x := mon.post("/checks")).status_code != 409 and x, timeout=120)
-    assert r.status_code in (200, 202), r.text
+def check_now(mon: httpx.Client) -> dict[str, Any]:
+    """POST /checks and the verdict of that check; a 409 means the scheduled check runs now: try again."""
+    r = wait_for(
+        "POST /checks", lambda: (x := mon.post("/checks")).status_code != 409 and x, timeout=120, interval=0.2
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def _served_version(c: httpx.Client) -> int | None:
@@ -81,7 +83,8 @@ def _served_version(c: httpx.Client) -> int | None:
 
 
 def test_closed_loop(platform: Urls) -> None:
-    inf = httpx.Client(base_url=platform.inference, timeout=60)
+    # the admin token: POST /feedback needs it (ADMIN_TOKEN or LABELLER_TOKEN)
+    inf = httpx.Client(base_url=platform.inference, timeout=60, headers=platform.auth)
     tr = httpx.Client(base_url=platform.trainer, timeout=30, headers=platform.auth)
     mon = httpx.Client(base_url=platform.monitor, timeout=120)
 
@@ -99,12 +102,9 @@ def test_closed_loop(platform: Urls) -> None:
         # 2. normal traffic with feedback: no drift verdict, no retrain
         normal = synth.generate(NORMAL_ROWS, seed=101)
         send_labelled(inf, normal, synth.TARGET)
-        check_now(mon)
-        verdict = wait_for(
-            "a monitor verdict on normal traffic", lambda: _drift(mon).get("run_id"), timeout=120
-        )
-        assert verdict
-        d = _drift(mon)
+        d = check_now(mon)
+        assert d["model_version"] == v1, d
+        assert d["rows"] >= NORMAL_ROWS, d
         assert not d["dataset_drift"], d
         assert not d["degraded"], d
         assert d["action"] != "retrain_triggered", d
@@ -126,20 +126,24 @@ def test_closed_loop(platform: Urls) -> None:
 
         job = wait_for("the monitor to trigger a retrain", retrain_job, timeout=300, interval=2)
 
-        # the monitor creates the job just before it stores the run behind it
-        def drift_verdict() -> dict[str, Any] | None:
-            x = _drift(mon)
-            return x if x["dataset_drift"] or x["degraded"] else None
+        # the job was asked for by a monitor check that saw the drift, and that check was recorded
+        trigger_run = job["monitor_run_id"]
+        assert trigger_run, job
+        assert job["reason"].startswith(f"monitor run {trigger_run}: "), job
+        assert "drift" in job["reason"] or "degraded" in job["reason"], job
+        report = mon.get(f"/reports/{trigger_run}.json")
+        assert report.status_code == 200, report.text
 
-        d = wait_for("the verdict behind the retrain", drift_verdict, timeout=60)
-        assert d["dataset_drift"] or d["degraded"], d
-
-        # a second trigger while the job runs does not start another
-        if job["state"] in ("queued", "running"):
-            again = tr.post("/retrain", json={"reason": "e2e second trigger"})
-            assert again.status_code in (200, 202), again.text
-            if again.json()["state"] in ("queued", "running"):
-                assert again.json()["id"] == job["id"]
+        # a second check while the job runs (before it exports) finds the same drift and is recorded
+        # as not triggered, with the reason
+        again = check_now(mon)
+        assert int(again["run_id"]) > int(trigger_run), (again, job)
+        assert again["model_version"] == v1, ("the retrain exported before the second check", again)
+        assert again["dataset_drift"] or again["degraded"], again
+        assert again["action"] == "retrain_skipped", again
+        assert f"retrain in flight (job {job['id']}" in again["action_reason"], again
+        assert again["retrain_job_id"] is None, again
+        assert _drift(mon)["run_id"] == again["run_id"], "the skipped check was not recorded"
 
         done = wait_for(
             "the retrain job to finish",
@@ -153,16 +157,17 @@ def test_closed_loop(platform: Urls) -> None:
         assert v2 > v1
 
         # 5. inference picks the new export up by itself
-        wait_for(f"inference to serve version {v2}", lambda: _served_version(inf) == v2, timeout=60)
+        wait_for(f"inference to serve version {v2}", lambda: _served_version(inf) == v2, timeout=120)
         after = predict(inf, to_records(holdout.drop(columns=[synth.TARGET])))
         assert after.version == v2
         mae_after = mae(after.predictions, holdout[synth.TARGET])
         print(f"MAE on drifted data: v{v1} {mae_before:.3f} -> v{v2} {mae_after:.3f}")
         assert mae_after <= 0.8 * mae_before, (mae_before, mae_after)
 
-        # 6. the monitor keeps checking; no retrain storm: exactly one retrain job in the whole run
-        check_now(mon)
-        wait_for("another monitor check", lambda: _drift(mon).get("run_id") != d.get("run_id"), timeout=120)
+        # 6. the monitor now checks the new version, and no other retrain started in the whole run
+        latest = check_now(mon)
+        assert latest["model_version"] == v2, latest
+        assert latest["action"] != "retrain_triggered", latest
         new_jobs = [j for j in _jobs(tr) if j["id"] not in {x["id"] for x in first_jobs}]
         assert len(new_jobs) == 1, new_jobs
     finally:

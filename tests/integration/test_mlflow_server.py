@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import start_mlflow
 from gradeflow_shared.procs import ServiceProcess
+from tests.support.services import start_mlflow
 
 pytestmark = pytest.mark.integration
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from gradeflow_shared.contracts import FeedbackRequest, FeedbackResponse, PredictionPage, PredictResponse
 from gradeflow_shared.errors import InvalidInput, ModelNotLoaded, install_error_handlers
 from gradeflow_shared.logging import configure_logging
+from gradeflow_shared.webdocs import install_docs
 
 from .config import InferenceSettings, get_settings
 from .metrics import Metrics, MetricsMiddleware
@@ -175,6 +176,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_docs(app)
     app.add_middleware(
         MetricsMiddleware, metrics_getter=lambda: getattr(getattr(app.state, "svc", None), "metrics", None)
     )

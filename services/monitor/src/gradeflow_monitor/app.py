@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from gradeflow_shared.contracts import DriftVerdict
 from gradeflow_shared.errors import Conflict, NotFound, install_error_handlers
+from gradeflow_shared.webdocs import install_docs
 
 from .config import MonitorSettings, get_settings
 from .pages import INDEX_CSP, REPORT_CSP, index_page, page_headers
@@ -110,6 +111,7 @@ def create_app(
 
     app = FastAPI(title="GradeFlow monitor", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_docs(app)
 
     @app.get("/health")
     def health(request: Request) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from gradeflow_shared.contracts import RetrainRequest, TrainResult
 from gradeflow_shared.errors import GradeflowError, install_error_handlers
 from gradeflow_shared.settings import require_secret
+from gradeflow_shared.webdocs import install_docs
 
 from . import mlflow_io as mio
 from . import routes, service
@@ -88,5 +89,6 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(routes.router)
     return app

@@ -1,0 +1,1 @@
+"""Helpers for the tests (and ``make fuzz``), imported as ``tests.support.<module>``."""
