@@ -90,6 +90,10 @@ def test_auth_config_file_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     env = srv.server_env()
     assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(path)
     assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == ("gf-admin", PASSWORD)
+    # the CSRF key the basic-auth app needs: random, private, the same at the next start
+    key_file = tmp_path / "mlflow" / "flask_secret_key"
+    assert len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) >= 32 and key_file.stat().st_mode & 0o777 == 0o600
+    assert srv.server_env()["MLFLOW_FLASK_SERVER_SECRET_KEY"] == env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
 
 
 def test_admin_password_follows_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

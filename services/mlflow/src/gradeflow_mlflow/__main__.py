@@ -19,6 +19,7 @@ import argparse
 import base64
 import logging
 import os
+import secrets
 import shutil
 import sys
 import urllib.error
@@ -41,6 +42,7 @@ FIXED_ENV = {
 }
 AUTH_INI = "basic_auth.ini"
 AUTH_DB = "basic_auth.db"
+SECRET_KEY_FILE = "flask_secret_key"
 PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
@@ -101,6 +103,17 @@ def write_auth_config(s: MlflowSettings) -> Path:
     return path
 
 
+def flask_secret_key(s: MlflowSettings) -> str:
+    """The basic-auth app's CSRF signing key: random, made once and kept (mode 0600) in
+    DATA_DIR/mlflow, so every worker and every restart share it."""
+    path = s.service_dir("mlflow") / SECRET_KEY_FILE
+    if not path.is_file():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def sync_admin_password(s: MlflowSettings) -> bool:
     """MLflow creates the admin once and ignores the configured password afterwards: set it to
     MLFLOW_TRACKING_PASSWORD when it differs, so .env stays the one place of the login.
@@ -137,6 +150,7 @@ def server_env(port: int | None = None) -> dict[str, str]:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(s.service_dir("mlflow") / AUTH_INI)
         env["MLFLOW_AUTH_ADMIN_USERNAME"] = s.mlflow_tracking_username
         env["MLFLOW_AUTH_ADMIN_PASSWORD"] = s.mlflow_tracking_password
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = flask_secret_key(s)
     return env
 
 
