@@ -60,12 +60,14 @@ def postgres_url() -> Iterator[str]:
         eng.dispose()
 
 
-def start_mlflow(tmp: Path, backend: str | None = None) -> ServiceProcess:
+def start_mlflow(tmp: Path, backend: str | None = None, **extra: str) -> ServiceProcess:
+    """``gradeflow-mlflow`` on a free port, DATA_DIR=tmp; ``extra`` adds environment variables."""
     port = free_port()
     env = {
         "DATA_DIR": str(tmp),
         "MLFLOW_PORT": str(port),
         "HOST": "127.0.0.1",
+        **extra,
     }
     if backend:
         env["MLFLOW_BACKEND_STORE_URI"] = backend

@@ -68,25 +68,11 @@ REGISTRY = "/api/2.0/mlflow/registered-models/search"
 PASSWORD = "integration-test-password-0123"
 
 
-def _start(tmp: Path, **env: str) -> ServiceProcess:
-    port = free_port()
-    svc = ServiceProcess(
-        name="mlflow-auth",
-        cmd=[bin_path("gradeflow-mlflow")],
-        env={"DATA_DIR": str(tmp), "MLFLOW_PORT": str(port), "HOST": "127.0.0.1", **env},
-        log_path=tmp / "logs" / "mlflow.log",
-        health_url=f"http://127.0.0.1:{port}/health",  # /health needs no login
-    )
-    svc.start(wait=120)
-    svc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return svc
-
-
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     tmp = tmp_path_factory.mktemp("mlflow-auth")
     # ENVIRONMENT=production turns the login on by default (MLFLOW_AUTH unset)
-    svc = _start(tmp, ENVIRONMENT="production", MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    svc = start_mlflow(tmp, ENVIRONMENT="production", MLFLOW_TRACKING_PASSWORD=PASSWORD)
     try:
         yield svc
     finally:
@@ -209,10 +195,10 @@ def test_healthcheck_probes_the_api_with_the_login(auth_server: ServiceProcess) 
 
 def test_changed_password_applies_at_restart(tmp_path: Path) -> None:
     """MLflow itself keeps the first admin password; the wrapper sets the configured one at start."""
-    svc = _start(tmp_path, MLFLOW_AUTH="basic", MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    svc = start_mlflow(tmp_path, MLFLOW_AUTH="basic", MLFLOW_TRACKING_PASSWORD=PASSWORD)
     svc.stop()
     new = "a-rotated-password-98765"
-    svc = _start(tmp_path, MLFLOW_AUTH="basic", MLFLOW_TRACKING_PASSWORD=new)
+    svc = start_mlflow(tmp_path, MLFLOW_AUTH="basic", MLFLOW_TRACKING_PASSWORD=new)
     try:
         url = svc.url  # type: ignore[attr-defined]
         assert httpx.get(url + REGISTRY, auth=("admin", new), timeout=10).status_code == 200

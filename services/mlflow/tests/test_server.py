@@ -86,6 +86,7 @@ def test_auth_config_file_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     ini.read(path)
     assert ini["mlflow"]["database_uri"] == f"sqlite:///{tmp_path / 'mlflow' / 'basic_auth.db'}"
     assert ini["mlflow"]["admin_username"] == "gf-admin"
+    assert int(ini["mlflow"]["auth_cache_ttl_seconds"]) > 0  # no scrypt on every request
     assert PASSWORD not in path.read_text()  # the password travels in the environment only
     env = srv.server_env()
     assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(path)

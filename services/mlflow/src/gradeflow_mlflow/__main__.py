@@ -44,6 +44,10 @@ AUTH_INI = "basic_auth.ini"
 AUTH_DB = "basic_auth.db"
 SECRET_KEY_FILE = "flask_secret_key"
 PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+# Checking a password costs ~0.1-0.3 s of CPU (scrypt) and MLflow does it on every request unless
+# its cache is on: a training run makes hundreds of calls. A cached login stays valid this long in
+# a worker; the password itself changes only at a restart (sync_admin_password), which empties it.
+AUTH_CACHE_TTL_SECONDS = 60
 
 
 def server_command(
@@ -99,6 +103,7 @@ def write_auth_config(s: MlflowSettings) -> Path:
         f"admin_username = {s.mlflow_tracking_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_SECONDS}\n"
     )
     return path
 
@@ -154,7 +159,7 @@ def server_env(port: int | None = None) -> dict[str, str]:
     return env
 
 
-def healthcheck(port: int | None = None, host_header: str | None = None) -> bool:
+def healthcheck(port: int | None = None, host_header: str | None = None, timeout: float = 10.0) -> bool:
     """True when an API call passes (``/health`` skips the Host check and the login, so it proves
     less): sent with the Host the trainer uses and, with auth on, the MLflow login."""
     s = get_settings()
@@ -165,7 +170,7 @@ def healthcheck(port: int | None = None, host_header: str | None = None) -> bool
         headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{PROBE}", headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=4) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError) as exc:
         logger.warning("MLflow healthcheck failed: %s", exc)
