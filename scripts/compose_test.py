@@ -1,15 +1,19 @@
 """The container test (`make compose-test`): build the images, `docker compose up -d --wait`, then
 drive the platform through its published ports.
 
-1. smoke: MLflow UI and API (with a non-local Host check), the champion exported and served,
-   predict, feedback, GET /predictions, trainer /model, a monitor check and its report page;
+1. smoke: MLflow's login (401 without it) and its UI and API with it, the champion exported and
+   served, predict, feedback (with a bearer token), GET /predictions, trainer /model, a monitor check
+   and its report page;
 2. restart the inference container: it comes back serving the same model version with its
    prediction log intact (rows counted through GET /predictions before and after);
 3. the closed loop (tests/e2e/test_loop.py) against the containers (skip with --no-loop).
 
 Every service's log is printed on failure, and `docker compose down -v` always runs (also on
-Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, and the repository's own
-.env is not read (a generated env file is passed), so it never touches a platform you run yourself.
+Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, the images get their own
+prefix (IMAGE_PREFIX=gradeflow-compose-test, so a test build never replaces the images a platform of
+yours runs from), and the repository's own .env is not read (a generated env file is passed; the
+variables it sets are removed from the environment compose sees, where they would win), so it never
+touches a platform you run yourself.
 
     python scripts/compose_test.py [--no-build] [--no-loop] [--postgres] [--keep]
 """
@@ -35,6 +39,8 @@ from gradeflow_testkit.loop import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
 SERVICES = ["mlflow", "trainer", "inference", "monitor"]
+IMAGE_PREFIX = "gradeflow-compose-test"
+MLFLOW_USER = "admin"
 T0 = time.monotonic()
 
 
@@ -49,14 +55,16 @@ def free_port() -> int:
 
 
 class Compose:
-    def __init__(self, project: str, env_file: Path, profiles: list[str]) -> None:
+    def __init__(self, project: str, env_file: Path, profiles: list[str], settings: dict[str, Any]) -> None:
         self.base = ["docker", "compose", "-p", project, "--env-file", str(env_file)]
         for f in COMPOSE_FILES:
             self.base += ["-f", str(f)]
         for p in profiles:
             self.base += ["--profile", p]
         self.env = {**os.environ, "COMPOSE_BAKE": "false"}
-        self.env.pop("COMPOSE_PROFILES", None)
+        # a variable of the shell beats the env file in compose's interpolation: drop ours from it
+        for name in [*settings, "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE"]:
+            self.env.pop(name, None)
 
     def run(
         self, *args: str, check: bool = True, timeout: float | None = None
@@ -113,14 +121,18 @@ def count_predictions(inf: httpx.Client) -> int:
         since = page["next_since_id"]
 
 
-def smoke(urls: dict[str, str], token: str) -> int:
+def smoke(urls: dict[str, str], token: str, mlflow_password: str) -> int:
     """The platform answers end to end; returns the served model version."""
     from gradeflow_shared import synth
     from gradeflow_testkit.loop import to_records
 
     auth = {"Authorization": f"Bearer {token}"}
+    # ENVIRONMENT=production: MLflow's login is on, for the UI and the API alike
+    for path in ("/", "/api/2.0/mlflow/registered-models/search"):
+        r = httpx.get(urls["mlflow"] + path, timeout=30)
+        assert r.status_code == 401, f"MLflow {path} without a login: {r.status_code}"
     with (
-        httpx.Client(base_url=urls["mlflow"], timeout=30) as ml,
+        httpx.Client(base_url=urls["mlflow"], timeout=30, auth=(MLFLOW_USER, mlflow_password)) as ml,
         httpx.Client(base_url=urls["trainer"], timeout=30, headers=auth) as tr,
         httpx.Client(base_url=urls["inference"], timeout=60) as inf,
         httpx.Client(base_url=urls["monitor"], timeout=120) as mon,
@@ -130,7 +142,7 @@ def smoke(urls: dict[str, str], token: str) -> int:
         r = ml.get("/api/2.0/mlflow/registered-models/search")
         assert r.status_code == 200, f"MLflow API from the host: {r.status_code} {r.text[:200]}"
         names = [m["name"] for m in r.json().get("registered_models", [])]
-        log(f"MLflow UI 200; registered models: {names}")
+        log(f"MLflow: 401 without the login; UI 200 with it; registered models: {names}")
         assert names, "no registered model after `up --wait`"
 
         assert inf.get("/ready").status_code == 200
@@ -152,6 +164,7 @@ def smoke(urls: dict[str, str], token: str) -> int:
         ids = [one.json()["predictions"][0]["request_id"]] + [p["request_id"] for p in body["predictions"]]
         fb = inf.post(
             "/feedback",
+            headers=auth,
             json={
                 "items": [
                     {"request_id": i, "actual": float(a)} for i, a in zip(ids, df[synth.TARGET], strict=True)
@@ -255,9 +268,17 @@ def main() -> int:
     args = ap.parse_args()
 
     token = secrets.token_urlsafe(24)
+    mlflow_password = secrets.token_urlsafe(24)
     ports = {svc: free_port() for svc in [*SERVICES, "postgres"]}
-    env = {
+    project = f"gradeflow-test-{os.getpid()}"
+    env: dict[str, Any] = {
+        "COMPOSE_PROJECT_NAME": project,
+        "IMAGE_PREFIX": IMAGE_PREFIX,
+        "IMAGE_TAG": "latest",
         "ADMIN_TOKEN": token,
+        "LABELLER_TOKEN": secrets.token_urlsafe(24),
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
+        "MLFLOW_TRACKING_PASSWORD": mlflow_password,
         "ENVIRONMENT": "production",
         "LOG_LEVEL": "INFO",
         "MLFLOW_HOST_PORT": ports["mlflow"],
@@ -277,8 +298,7 @@ def main() -> int:
             env[var] = f"postgresql+psycopg2://gradeflow:{pw}@postgres:5432/{db}"
     env_file = Path(tempfile.mkstemp(prefix="gradeflow-compose-", suffix=".env")[1])
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    project = f"gradeflow-test-{os.getpid()}"
-    compose = Compose(project, env_file, ["postgres"] if args.postgres else [])
+    compose = Compose(project, env_file, ["postgres"] if args.postgres else [], env)
     urls = {svc: f"http://127.0.0.1:{ports[svc]}" for svc in SERVICES}
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -301,7 +321,7 @@ def main() -> int:
         compose.run("ps")
 
         t = time.monotonic()
-        smoke(urls, token)
+        smoke(urls, token, mlflow_password)
         timings["smoke"] = time.monotonic() - t
         if args.postgres:
             check_postgres_stores(compose)

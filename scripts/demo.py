@@ -55,7 +55,9 @@ def running(u: Urls) -> bool:
         return False
 
 
-def traffic_frames(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+def traffic_frames(
+    dataset: str, dataset_root: str = ""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     """(normal, drifted, drifted holdout, target) for the demo."""
     if dataset in ("", "synthetic"):
         return (
@@ -66,7 +68,7 @@ def traffic_frames(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         )
     from gradeflow_shared.datasets import load_dataset, load_spec
 
-    spec = load_spec(dataset)
+    spec = load_spec(dataset, data_root=Path(dataset_root) if dataset_root else None)
     X, y, columns = load_dataset(spec)
     from gradeflow_trainer.pipeline import split
 
@@ -95,6 +97,7 @@ def traffic_frames(dataset: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=os.environ.get("DATASET", "synthetic"))
+    parser.add_argument("--dataset-root", default=os.environ.get("DATASET_ROOT", ""))
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     u = urls_from_env()
@@ -110,7 +113,7 @@ def main() -> int:
     wait_for("a served model", lambda: inf.get("/ready").status_code == 200, timeout=args.timeout, interval=2)
     v1 = int(inf.get("/model").json()["version"])
     say(f"inference serves model version {v1}  ({u.inference}/docs)")
-    normal, drifted, holdout, target = traffic_frames(args.dataset)
+    normal, drifted, holdout, target = traffic_frames(args.dataset, args.dataset_root)
 
     say(f"1/5 sending {len(normal)} normal requests with their true grades ...")
     send_labelled(inf, normal, target)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,9 @@ import pandas as pd
 import pytest
 
 from gradeflow_shared.datasets import (
+    SHIPPED_DATA,
     ColumnSpec,
     DatasetSpec,
-    default_data_root,
     feature_specs,
     fingerprint,
     load_dataset,
@@ -20,17 +22,37 @@ from gradeflow_shared.datasets import (
 )
 from gradeflow_shared.errors import DatasetError
 
-DATA = Path("/work/shared/data")
+UCI = SHIPPED_DATA / "uci-student-performance"
 
 
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    root = default_data_root()
-    if not (root / "uci-student-performance" / "student-por.csv").is_file():
-        if (DATA / "uci-student-performance").is_dir():
-            return DATA
-        pytest.skip(f"public student CSVs not found under {root} (set GRADEFLOW_DATA_ROOT)")
-    return root
+def _write_spf(root: Path) -> Path:
+    """A small file shaped like Kaggle's StudentPerformanceFactors.csv (that file is not shipped):
+    CRLF line endings, blanks in categorical columns, one score of 101."""
+    folder = root / "kaggle-student-performance-factors"
+    folder.mkdir(parents=True)
+    header = "Hours_Studied,Attendance,Parental_Involvement,Teacher_Quality,Distance_from_Home,Exam_Score"
+    rows = [
+        f"{1 + i % 44},{60 + i % 41},{('Low', 'Medium', 'High')[i % 3]},"
+        f"{'' if i % 7 == 0 else ('Low', 'Medium', 'High')[i % 3]},{'' if i % 11 == 0 else 'Near'},"
+        f"{101 if i == 5 else 55 + i % 40}"
+        for i in range(60)
+    ]
+    path = folder / "StudentPerformanceFactors.csv"
+    path.write_bytes(("\r\n".join([header, *rows]) + "\r\n").encode())
+    return path
+
+
+def _write_sp(root: Path) -> Path:
+    """A small file shaped like Kaggle's Student_Performance.csv: spaces in the column names and a
+    target written as a float."""
+    folder = root / "kaggle-student-performance-mlr"
+    folder.mkdir(parents=True)
+    path = folder / "Student_Performance.csv"
+    path.write_text(
+        "Hours Studied,Previous Scores,Extracurricular Activities,Sleep Hours,"
+        "Sample Question Papers Practiced,Performance Index\n7,99,Yes,9,1,91.0\n4,82,No,4,2,65.0\n"
+    )
+    return path
 
 
 # ------------------------------------------------------------------ builtins
@@ -44,8 +66,9 @@ def test_synthetic_builtin() -> None:
 
 
 @pytest.mark.parametrize("name, rows", [("uci-por", 649), ("uci-mat", 395)])
-def test_uci_builtins_drop_the_leaking_grades(data_root: Path, name: str, rows: int) -> None:
-    spec = load_spec(name, data_root=data_root)
+def test_uci_builtins_drop_the_leaking_grades(name: str, rows: int) -> None:
+    spec = load_spec(name)  # the shipped copy: nothing outside the repository is needed
+    assert Path(spec.path or "").is_relative_to(SHIPPED_DATA)
     assert spec.sep == ";" and spec.target == "G3"
     X, y, cols = load_dataset(spec)
     assert len(X) == rows and X.shape[1] == 30
@@ -56,18 +79,64 @@ def test_uci_builtins_drop_the_leaking_grades(data_root: Path, name: str, rows: 
     assert X["absences"].dtype == float and y.between(0, 20).all()
 
 
-def test_spf_keeps_missing_values(data_root: Path) -> None:
-    X, y, cols = load_dataset(load_spec("spf", data_root=data_root))
-    assert len(X) == 6607 and y.name == "Exam_Score"
-    assert X.isna().sum().sum() > 0  # Teacher_Quality etc. have blanks: kept, not dropped
-    assert {c.name: c.kind for c in cols}["Hours_Studied"] == "numeric"
+def test_spf_keeps_missing_values(tmp_path: Path) -> None:
+    _write_spf(tmp_path)
+    X, y, cols = load_dataset(load_spec("spf", data_root=tmp_path))
+    assert len(X) == 60 and y.name == "Exam_Score" and y.max() == 101
+    assert X["Teacher_Quality"].isna().sum() == 9 and X["Distance_from_Home"].isna().sum() == 6  # kept
+    kinds = {c.name: c.kind for c in cols}
+    assert kinds["Hours_Studied"] == "numeric" and kinds["Teacher_Quality"] == "categorical"
+    assert not X["Parental_Involvement"].str.endswith("\r").any()  # CRLF read cleanly
 
 
-def test_sp_renames_spaced_columns(data_root: Path) -> None:
-    X, y, cols = load_dataset(load_spec("sp", data_root=data_root))
-    assert len(X) == 10000 and y.name == "performance_index"
+def test_sp_renames_spaced_columns(tmp_path: Path) -> None:
+    _write_sp(tmp_path)
+    X, y, cols = load_dataset(load_spec("sp", data_root=tmp_path))
+    assert len(X) == 2 and y.name == "performance_index" and y.tolist() == [91.0, 65.0]
     assert "hours_studied" in X.columns and "Hours Studied" not in X.columns
     assert {c.name: c.kind for c in cols}["extracurricular_activities"] == "categorical"
+
+
+@pytest.mark.parametrize(
+    "name, relative",
+    [
+        ("spf", "kaggle-student-performance-factors/StudentPerformanceFactors.csv"),
+        ("sp", "kaggle-student-performance-mlr/Student_Performance.csv"),
+    ],
+)
+def test_unshipped_builtin_names_the_file_and_the_variable(tmp_path: Path, name: str, relative: str) -> None:
+    """The Kaggle files do not ship (licence not established): a clear error, not a bare path."""
+    with pytest.raises(DatasetError) as exc:
+        load_spec(name, data_root=tmp_path)
+    msg = str(exc.value)
+    assert relative in msg and "DATASET_ROOT" in msg and str(tmp_path) in msg
+    assert exc.value.details["variable"] == "DATASET_ROOT"
+    with pytest.raises(DatasetError, match="DATASET_ROOT"):
+        load_spec(name)
+
+
+def test_data_root_takes_precedence_over_the_shipped_copy(tmp_path: Path) -> None:
+    folder = tmp_path / "uci-student-performance"
+    folder.mkdir()
+    head = (UCI / "student-por.csv").read_text().splitlines()[:4]  # the header and 3 students
+    (folder / "student-por.csv").write_text("\n".join(head) + "\n")
+    spec = load_spec("uci-por", data_root=tmp_path)
+    assert spec.path == str(folder / "student-por.csv")
+    X, _, _ = load_dataset(spec)
+    assert len(X) == 3
+    # uci-mat is not in that folder: the shipped copy is used
+    assert load_spec("uci-mat", data_root=tmp_path).path == str(UCI / "student-mat.csv")
+
+
+def test_shipped_files_match_the_checksums_of_their_readme() -> None:
+    """The shipped CSVs are the unchanged public files the README describes (source, licence, sha256)."""
+    readme = (SHIPPED_DATA / "README.md").read_text()
+    listed = dict(re.findall(r"`([\w.-]+)` \| [^|]+ \| `([0-9a-f]{64})`", readme))
+    shipped = sorted(p.name for p in UCI.iterdir())
+    assert sorted(listed) == shipped == ["student-mat.csv", "student-por.csv", "student.txt"]
+    for name, digest in listed.items():
+        assert hashlib.sha256((UCI / name).read_bytes()).hexdigest() == digest, name
+    assert "CC BY 4.0" in readme and "10.24432/C5TG7T" in readme and "Cortez" in readme
 
 
 def test_unknown_name_is_refused() -> None:
@@ -209,18 +278,22 @@ def test_feature_specs_record_bounds_and_what_training_saw() -> None:
     assert k.kind == "categorical" and k.categories == ["x", "y"]
 
 
-def test_data_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "kaggle-student-performance-mlr"
-    folder.mkdir()
-    (folder / "Student_Performance.csv").write_text(
-        "Hours Studied,Previous Scores,Extracurricular Activities,Sleep Hours,"
-        "Sample Question Papers Practiced,Performance Index\n7,99,Yes,9,1,91.0\n4,82,No,4,2,65.0\n"
+def test_json_spec_falls_back_to_the_data_root(tmp_path: Path) -> None:
+    """A JSON spec's relative CSV path: its own folder first, then data_root, then the shipped data."""
+    specs, data = tmp_path / "specs", tmp_path / "data"
+    specs.mkdir()
+    _write_sp(data)
+    spec = DatasetSpec(
+        name="mine", path="kaggle-student-performance-mlr/Student_Performance.csv", target="Performance Index"
     )
-    monkeypatch.setenv("GRADEFLOW_DATA_ROOT", str(tmp_path))
-    spec = load_spec("sp")
-    assert spec.path == str(folder / "Student_Performance.csv")
-    X, y, _ = load_dataset(spec)
-    assert y.tolist() == [91.0, 65.0] and X.loc[0, "extracurricular_activities"] == "Yes"
+    (specs / "spec.json").write_text(spec.model_dump_json())
+    assert load_spec(str(specs / "spec.json"), data_root=data).path == str(data / spec.path)
+    shipped = DatasetSpec(name="por", path="uci-student-performance/student-por.csv", sep=";", target="G3")
+    (specs / "por.json").write_text(shipped.model_dump_json())
+    assert load_spec(str(specs / "por.json")).path == str(UCI / "student-por.csv")
+    # found nowhere: the spec's own folder, so the load error names a path next to the spec
+    (specs / "gone.json").write_text(DatasetSpec(name="gone", path="x.csv", target="g").model_dump_json())
+    assert load_spec(str(specs / "gone.json")).path == str(specs / "x.csv")
 
 
 def test_invalid_json_spec(tmp_path: Path) -> None:
@@ -236,8 +309,6 @@ def test_uci_specs_declare_the_documented_schema() -> None:
 
     for name in ("uci-por", "uci-mat"):
         spec = load_spec(name)
-        if spec.path is None or not Path(spec.path).is_file():
-            pytest.skip(f"{spec.path} not found (the team's shared/data folder is not beside the repo)")
         X, _, cols = load_dataset(spec)
         feats = {f.name: f for f in feature_specs(cols, X)}
         assert len(feats) == 30 and "G1" not in feats and "G2" not in feats

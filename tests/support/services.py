@@ -34,13 +34,15 @@ def pg_problem() -> str | None:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}: {str(exc)[:200]}"
 
 
-def start_mlflow(tmp: Path, backend: str | None = None) -> ServiceProcess:
-    """A real ``gradeflow-mlflow`` on a free port (``.url`` set), healthy when this returns."""
+def start_mlflow(tmp: Path, backend: str | None = None, **extra: str) -> ServiceProcess:
+    """A real ``gradeflow-mlflow`` on a free port (``.url`` set), healthy when this returns; ``extra`` adds
+    environment variables."""
     port = free_port()
     env = {
         "DATA_DIR": str(tmp),
         "MLFLOW_PORT": str(port),
         "HOST": "127.0.0.1",
+        **extra,
     }
     if backend:
         env["MLFLOW_BACKEND_STORE_URI"] = backend

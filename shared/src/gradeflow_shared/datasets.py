@@ -7,13 +7,16 @@ returns ``(X, y, columns)``. It refuses malformed files with a ``DatasetError`` 
 names the column; it never drops bad feature values silently: missing values, unseen
 categories and out-of-range numbers stay in ``X`` (the pipeline imputes / ignores them) and
 are counted in the log. Rows whose *target* is missing are dropped, counted and logged.
+
+Builtin specs name their CSV relative to a data folder: a folder given by the caller
+(``DATASET_ROOT`` in the trainer) is tried first, then the public files shipped inside this
+package (``public_data/``, see its README for source and licence).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +29,8 @@ from .manifest import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
-DATA_ROOT_ENV = "GRADEFLOW_DATA_ROOT"
+SHIPPED_DATA = Path(__file__).resolve().parent / "public_data"
+"""The public CSVs that ship with the package (only files whose licence allows it)."""
 
 
 class ColumnSpec(BaseModel):
@@ -159,30 +163,37 @@ def _builtin(name: str) -> DatasetSpec | None:
 BUILTINS = ("synthetic", "uci-por", "uci-mat", "spf", "sp")
 
 
-def default_data_root() -> Path:
-    """``GRADEFLOW_DATA_ROOT``, else the first ``shared/data`` folder found next to the repo."""
-    env = os.environ.get(DATA_ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "shared" / "data"
-        if candidate.is_dir() and any(candidate.iterdir()):
+def _builtin_file(spec: DatasetSpec, relative: str, data_root: Path | None) -> Path:
+    """The builtin's CSV: under ``data_root`` when it is there, else the shipped copy.
+
+    Raises DatasetError naming the file and DATASET_ROOT when neither has it (the Kaggle files
+    are not shipped: their licence is not established).
+    """
+    tried = [data_root / relative] if data_root is not None else []
+    tried.append(SHIPPED_DATA / relative)
+    for candidate in tried:
+        if candidate.is_file():
             return candidate
-    return Path("data").resolve()
+    where = " or ".join(str(t) for t in tried)
+    raise DatasetError(
+        f"dataset '{spec.name}': file {relative} not found (looked in {where}); it does not ship with "
+        f"GradeFlow: download it and set DATASET_ROOT to the folder that holds {relative}",
+        details={"dataset": spec.name, "path": relative, "variable": "DATASET_ROOT"},
+    )
 
 
 def load_spec(name_or_path: str, data_root: Path | None = None) -> DatasetSpec:
     """A builtin spec by name, or a DatasetSpec read from a JSON file.
 
-    Relative CSV paths are resolved against ``data_root`` (builtins) or against the JSON
-    file's folder first and ``data_root`` second (JSON specs).
+    Relative CSV paths are resolved against ``data_root`` then the shipped data (builtins),
+    or against the JSON file's folder, ``data_root`` and the shipped data, in that order (JSON
+    specs; when none has the file, the JSON file's folder, so loading names that path).
     """
-    root = Path(data_root) if data_root is not None else None
+    root = Path(data_root).expanduser() if data_root is not None else None
     spec = _builtin(name_or_path)
     if spec is not None:
         if spec.path is not None:
-            spec.path = str((root or default_data_root()) / spec.path)
+            spec.path = str(_builtin_file(spec, spec.path, root))
         return spec
     p = Path(name_or_path).expanduser()
     if not p.is_file():
@@ -196,10 +207,9 @@ def load_spec(name_or_path: str, data_root: Path | None = None) -> DatasetSpec:
         raise DatasetError(f"invalid dataset spec {p}: {exc}") from exc
     if spec.path is not None and not Path(spec.path).is_absolute():
         local = (p.parent / spec.path).resolve()
-        if local.exists() or root is None and not (default_data_root() / spec.path).exists():
-            spec.path = str(local)
-        else:
-            spec.path = str((root or default_data_root()) / spec.path)
+        others = [b / spec.path for b in (root, SHIPPED_DATA) if b is not None]
+        found = [c for c in (local, *others) if c.exists()]
+        spec.path = str(found[0] if found else local)
     return spec
 
 

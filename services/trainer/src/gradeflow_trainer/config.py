@@ -33,8 +33,9 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
     )
     dataset_root: str = Field(
         default="",
-        description="Folder that relative CSV paths of builtin datasets are resolved against (DATASET_ROOT); "
-        "default: GRADEFLOW_DATA_ROOT or the repository's shared/data.",
+        description="Folder holding dataset CSVs (DATASET_ROOT): a builtin's file found there is used, "
+        "else the copy shipped with GradeFlow (uci-por, uci-mat); spf and sp are not shipped and need it. "
+        "Also tried for a JSON spec's relative path after the spec's own folder.",
     )
     model_name: str = Field(default="student-grade", description="Registered model name (MODEL_NAME).")
     promotion_min_improvement: float = Field(
