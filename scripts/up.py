@@ -49,6 +49,8 @@ def config() -> dict[str, str]:
     common = {
         "DATA_DIR": str(data_dir),
         "HOST": env.get("HOST", "127.0.0.1"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # no usage telemetry from the server or the trainer's client
+        "DO_NOT_TRACK": "true",
         "MLFLOW_PORT": str(ports["mlflow"]),
         "TRAINER_PORT": str(ports["trainer"]),
         "INFERENCE_PORT": str(ports["inference"]),
@@ -98,7 +100,7 @@ def banner(cfg: dict[str, str]) -> str:
         f"  Trainer API          http://localhost:{p['trainer']}/docs   (POST /retrain, /promote, /rollback)",
         f"  Monitor reports      http://localhost:{p['monitor']}/reports   (GET /drift, POST /checks)",
         f"  Data folder          {cfg['DATA_DIR']}   (logs in {cfg['DATA_DIR']}/logs)",
-        f"  Tokens               {cfg['_SECRETS_FILE']}   (ADMIN_TOKEN, LABELLER_TOKEN; mode 0600"
+        f"  Tokens               {cfg['_SECRETS_FILE']}   (ADMIN_TOKEN, LABELLER_TOKEN, MLFLOW_TRACKING_PASSWORD; mode 0600"
         + (", created now)" if cfg["_SECRETS_CREATED"] else ")"),
         "",
     ]

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-SECRET_NAMES = ("ADMIN_TOKEN", "LABELLER_TOKEN")
+SECRET_NAMES = ("ADMIN_TOKEN", "LABELLER_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 SECRETS_FILE = "secrets.env"
 
 
