@@ -23,6 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import orjson
 
 from gradeflow_shared.errors import InvalidInput
 from gradeflow_shared.manifest import MISSING_CATEGORY, FeatureSpec, Manifest
@@ -299,6 +300,52 @@ class RecordValidator:
             "required": [f.name for f in manifest.features],
             "additionalProperties": False,
         }
+
+
+def parse_body(body: bytes, names: frozenset[str], max_records: int) -> tuple[list[Any], bool]:
+    """The records of a POST /predict body and whether it was a batch (``{"records": [...]}``).
+
+    ``names`` are the serving model's features (a model with a feature called ``records`` takes one
+    record only). Raises InvalidInput for a body that is not JSON, not an object, or a bad batch."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"body is not valid JSON: {exc}",
+            details=[{"field": "", "rule": "json_invalid", "message": str(exc)}],
+        ) from None
+    if isinstance(data, dict):
+        if "records" in data and "records" not in names:
+            records = data["records"]
+            extra = [k for k in data if k != "records"]
+            if extra:
+                raise InvalidInput(
+                    f"{extra[0]}: unknown field next to 'records'",
+                    details=[
+                        {"field": k, "rule": "extra_forbidden", "message": "unknown field"} for k in extra
+                    ],
+                )
+            if not isinstance(records, list):
+                raise InvalidInput(
+                    "records: must be an array of records",
+                    details=[{"field": "records", "rule": "list_type", "message": "must be an array"}],
+                )
+            if not records:
+                raise InvalidInput(
+                    "records: at least one record required",
+                    details=[{"field": "records", "rule": "too_short", "message": "at least 1 record"}],
+                )
+            if len(records) > max_records:
+                raise InvalidInput(
+                    f"records: at most {max_records} records per request, got {len(records)}",
+                    details=[{"field": "records", "rule": "too_long", "message": f"at most {max_records}"}],
+                )
+            return records, True
+        return [data], False
+    raise InvalidInput(
+        'body must be a JSON object (one record) or {"records": [...]}',
+        details=[{"field": "", "rule": "model_type", "message": "expected a JSON object"}],
+    )
 
 
 def example_record(manifest: Manifest) -> dict[str, Any]:
