@@ -173,7 +173,7 @@ def test_feedback_for_rows_still_queued(
     # the writer waits up to 60 s before writing: the rows are still in the queue when feedback arrives
     s = make_settings(model_dir, log_flush_interval=60, log_batch_size=10_000)
     with TestClient(create_app(s)) as c:
-        wait_for(lambda: c.app.state.svc.log.ready.is_set())
+        wait_for(lambda: c.app.state.svc.log.store.ready.is_set())
         rid = c.post("/predict", json=fitted.records[0]).json()["predictions"][0]["request_id"]
         assert c.get("/health").json()["log_queue_depth"] == 1
         assert (

@@ -10,14 +10,15 @@ from gradeflow_shared.errors import ModelNotLoaded
 from .config import InferenceSettings
 from .metrics import Metrics
 from .model import ModelManager
-from .predlog import PredictionLog
+from .predlog.store import LogStore
+from .predlog.writer import LogWriter
 
 
 class ServiceState:
     def __init__(self, settings: InferenceSettings) -> None:
         self.settings = settings
-        self.log = PredictionLog(
-            settings.db_url(),
+        self.log = LogWriter(
+            LogStore(settings.db_url()),
             batch_size=settings.log_batch_size,
             queue_max=settings.log_queue_max,
             flush_interval=settings.log_flush_interval,

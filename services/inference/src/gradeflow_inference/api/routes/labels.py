@@ -16,7 +16,7 @@ router = APIRouter()
 
 @router.post("/feedback", response_model=FeedbackResponse, summary="Store true outcomes for request ids")
 def post_feedback(body: FeedbackRequest, state: StateDep) -> FeedbackResponse:
-    return state.log.add_feedback(body.items)
+    return state.log.flushed_store().add_feedback(body.items)
 
 
 @router.get("/predictions", response_model=PredictionPage, summary="Page through logged predictions")
@@ -27,4 +27,4 @@ def get_predictions(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     labelled: Annotated[bool | None, Query(description="true: with feedback only; false: without")] = None,
 ) -> PredictionPage:
-    return state.log.page(since_id, since, limit, labelled)
+    return state.log.flushed_store().page(since_id, since, limit, labelled)

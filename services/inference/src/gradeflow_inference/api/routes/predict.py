@@ -11,9 +11,11 @@ from fastapi.responses import Response
 from gradeflow_shared.contracts import PredictResponse
 
 from ...model import LoadedModel
-from ...predlog import new_batch_key, predict_response
+from ...predlog.ids import new_batch_key
+from ...predlog.store import LogBatch
 from ...schema import Batch, parse_body
 from ...state import ServiceState
+from ..encode import predict_response
 
 INLINE_MAX_RECORDS = 16  # smaller batches are validated and predicted on the event loop (~0.1 ms)
 
@@ -69,11 +71,11 @@ async def predict(request: Request) -> Response:
         # one log entry per request: the validated body as received (a batch body as is, one record
         # wrapped in [...]) and the predictions; the writer thread does the rest
         blob = body if batch else b"[" + body + b"]"
-        state.log.submit((key, time.time(), version, blob, preds, latency_ms, b.n))
+        state.log.submit(LogBatch(key, time.time(), version, blob, preds, latency_ms, b.n))
     m = state.metrics
     m.predictions.labels(str(version)).inc(b.n)
     if b.unseen:
         for feat, cnt in b.unseen.items():
             m.unseen.labels(feat).inc(cnt)
-    # request ids = batch key + index (predlog.request_ids), encoded without a loop per record
+    # request ids = batch key + index (predlog.ids.request_ids), encoded without a loop per record
     return Response(predict_response(version, key, preds), media_type="application/json")
