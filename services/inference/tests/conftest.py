@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "gf_inference_test_exports", Path(__file__).parent / "exports.py"
-)
-assert _spec and _spec.loader
-exports = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = exports
-_spec.loader.exec_module(exports)
+from . import exports
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gf_inference_test_exports as exports  # registered by conftest.py
 from fastapi.testclient import TestClient
 
 from gradeflow_inference.app import create_app
+
+from . import exports
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 20.0) -> Any:
