@@ -22,6 +22,10 @@ from services.inference.tests import exports
 
 pytestmark = pytest.mark.integration
 
+ADMIN_TOKEN = "admin-token-of-the-inference-integration-tests"
+LABELLER_TOKEN = "labeller-token-of-the-inference-integration-tests"
+LABELLER = {"Authorization": f"Bearer {LABELLER_TOKEN}"}
+
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -43,6 +47,8 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
                 "INFERENCE_PORT": str(port),
                 "HOST": "127.0.0.1",
                 "RELOAD_INTERVAL": "0.2",
+                "ADMIN_TOKEN": ADMIN_TOKEN,
+                "LABELLER_TOKEN": LABELLER_TOKEN,
                 **env,
             },
             log_path=tmp_path / "logs" / f"inference-{len(started)}.log",
@@ -206,11 +212,40 @@ def test_postgres_log_real_process(
     url = svc.url  # type: ignore[attr-defined]
     preds = httpx.post(f"{url}/predict", json={"records": fitted.records[:12]}).json()["predictions"]
     ids = [p["request_id"] for p in preds]
-    fb = httpx.post(f"{url}/feedback", json={"items": [{"request_id": ids[4], "actual": 9.0}]}).json()
-    assert fb == {"accepted": 1, "unknown_request_ids": []}
+    item = {"items": [{"request_id": ids[4], "actual": 9.0}]}
+    assert httpx.post(f"{url}/feedback", json=item).status_code == 401
+    fb = httpx.post(f"{url}/feedback", json=item, headers=LABELLER).json()
+    assert fb == {"accepted": 1, "unknown_request_ids": [], "overwritten_request_ids": []}
+    assert httpx.post(f"{url}/feedback", json=item, headers=LABELLER).status_code == 409
     page = httpx.get(f"{url}/predictions", params={"limit": 5}).json()
     assert [x["request_id"] for x in page["items"]] == ids[:5] and page["next_since_id"] is not None
     rest = httpx.get(f"{url}/predictions", params={"since_id": page["next_since_id"]}).json()
     assert [x["request_id"] for x in rest["items"]] == ids[5:]
     lab = httpx.get(f"{url}/predictions", params={"labelled": "true"}).json()["items"]
     assert [(x["request_id"], x["actual"], x["model_version"]) for x in lab] == [(ids[4], 9.0, 3)]
+
+
+def test_request_limits_real_process(
+    tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """413 and 415 from the real server (httptools, uvicorn's body messages), before any parsing."""
+    d = tmp_path / "models"
+    exports.republish(d, fitted.exports["rf"], 1)
+    svc = start_service(d, MAX_BODY_BYTES="4096")
+    url = svc.url  # type: ignore[attr-defined]
+    big = {"records": fitted.records[:40]}  # about 16 KB
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/predict", json=big)
+        assert r.status_code == 413 and r.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+        body = httpx.Request("POST", "/", json=big).content
+        r = c.post(
+            "/predict",
+            content=iter([body[i : i + 1000] for i in range(0, len(body), 1000)]),  # chunked, no length
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 413
+        r = c.post("/predict", content=httpx.Request("POST", "/", json=fitted.records[0]).content)
+        assert r.status_code == 415
+        r = c.post("/feedback", content=b'{"items": []}', headers={"Content-Type": "text/plain", **LABELLER})
+        assert r.status_code == 415
+        assert c.post("/predict", json={"records": fitted.records[:5]}).status_code == 200

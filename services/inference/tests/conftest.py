@@ -9,6 +9,10 @@ import pytest
 
 from . import exports
 
+ADMIN_TOKEN = "admin-token-of-the-inference-tests"
+LABELLER_TOKEN = "labeller-token-of-the-inference-tests"
+LABELLER = {"Authorization": f"Bearer {LABELLER_TOKEN}"}
+
 
 @pytest.fixture(scope="session")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> exports.Fitted:
@@ -33,6 +37,8 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
             "data_dir": tmp_path / "data",
             "model_dir": model_dir,
             "reload_interval": 0.1,
+            "admin_token": ADMIN_TOKEN,
+            "labeller_token": LABELLER_TOKEN,
         }
         base.update(kw)
         return InferenceSettings(**base)  # type: ignore[arg-type]

@@ -49,6 +49,8 @@ def fit_and_export(root: Path, rows: int = 400) -> Fitted:
             X,
             y,
             target=TARGET,
+            target_min=0.0,
+            target_max=20.0,
             model_name="student-grade",
             version=i,
             run_id=f"run-{label}",

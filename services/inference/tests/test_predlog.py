@@ -15,24 +15,24 @@ from gradeflow_inference.predlog.ids import new_batch_key, request_ids
 from gradeflow_inference.predlog.store import LogBatch, LogStore
 from gradeflow_inference.predlog.writer import LogWriter
 from gradeflow_shared.contracts import FeedbackItem
+from gradeflow_shared.errors import Conflict
 
 
 def _log(url: str, **kw: float) -> LogWriter:
     return LogWriter(LogStore(url), **kw)  # type: ignore[arg-type]
 
 
-def _batch(n: int, start: int = 0, version: int = 1, wrapped: bool = True) -> tuple[LogBatch, list[str]]:
+def _batch(n: int, start: int = 0, version: int = 1) -> tuple[LogBatch, list[str]]:
     """One logged request of n records (as the API submits it) and its request ids."""
     recs = [{"age": 17, "school_type": "public", "i": start + i} for i in range(n)]
-    body = orjson.dumps({"records": recs} if wrapped else recs)
     key = new_batch_key()
     return LogBatch(
-        key, time.time(), version, body, [float(start + i) for i in range(n)], 0.5, n
+        key, time.time(), version, recs, [float(start + i) for i in range(n)], 0.5, n
     ), request_ids(key, n)
 
 
 def _rows(n: int) -> list[tuple[LogBatch, list[str]]]:
-    return [_batch(1, start=i, wrapped=False) for i in range(n)]
+    return [_batch(1, start=i) for i in range(n)]
 
 
 def _all(log: LogWriter) -> list:
@@ -86,19 +86,25 @@ def roundtrip(url: str) -> None:
     # paging from the middle of a batch, and by time
     assert [x.request_id for x in log2.flushed_store().page(got[24].id, None, 3, None).items] == ids[25:28]
     assert log2.flushed_store().page(None, got[100].ts, 1, None).items[0].id <= got[100].id
-    # feedback for an id that is logged later still joins (stored in its own table)
-    late, late_ids = _batch(1, start=999, wrapped=False)
-    assert (
-        log2.flushed_store()
-        .add_feedback([FeedbackItem(request_id=late_ids[0], actual=2.0)])
-        .unknown_request_ids
-        == late_ids
-    )
+    # feedback for an id that is not logged is reported and not stored: it does not join later
+    late, late_ids = _batch(1, start=999)
+    fb = log2.flushed_store().add_feedback([FeedbackItem(request_id=late_ids[0], actual=2.0)])
+    assert (fb.accepted, fb.unknown_request_ids) == (0, late_ids)
     log2.submit(late)
-    page = log2.flushed_store().page(got[-1].id, None, 10, True).items
-    assert [(x.request_id, x.actual, x.features) for x in page] == [
-        (late_ids[0], 2.0, {"age": 17, "school_type": "public", "i": 999})
-    ]
+    assert log2.flushed_store().page(got[-1].id, None, 10, True).items == []
+    # a second label: refused (409, nothing stored) unless overwrite, which keeps the earlier value
+    with pytest.raises(Conflict) as ei:
+        log2.flushed_store().add_feedback(
+            [FeedbackItem(request_id=late_ids[0], actual=3.0), FeedbackItem(request_id=ids[7], actual=12.0)]
+        )
+    assert ei.value.details["request_ids"] == [ids[7]] and ids[7] in ei.value.message
+    assert log2.flushed_store().page(got[-1].id, None, 10, True).items == []  # late_ids[0] not stored
+    fb = log2.flushed_store().add_feedback([FeedbackItem(request_id=ids[7], actual=12.0)], overwrite=True)
+    assert (fb.accepted, fb.overwritten_request_ids) == (1, [ids[7]])
+    assert log2.flushed_store().page(got[6].id, None, 1, True).items[0].actual == 12.0
+    with log2.store.require().connect() as c:
+        audit = c.execute(sa.text("select request_id, old_actual, new_actual from feedback_audit")).all()
+    assert [tuple(a) for a in audit] == [(ids[7], 11.0, 12.0)]
     log2.stop()
 
 
@@ -107,7 +113,7 @@ def test_sqlite_wal_roundtrip(tmp_path: Path) -> None:
     roundtrip(url)
     with sa.create_engine(url).connect() as c:
         assert c.execute(sa.text("pragma journal_mode")).scalar() == "wal"
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0002"
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0003"
 
 
 @pytest.mark.postgres

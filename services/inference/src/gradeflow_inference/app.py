@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from gradeflow_shared.errors import install_error_handlers
 from gradeflow_shared.logging import configure_logging
 
+from .api.guard import RequestGuard
 from .api.routes import labels, ops, predict
-from .config import InferenceSettings, get_settings
+from .config import InferenceSettings, check_secrets, get_settings
 from .metrics import MetricsMiddleware
 from .openapi import model_openapi
 from .state import ServiceState
@@ -22,11 +23,14 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: InferenceSettings | None = None) -> FastAPI:
-    """The inference app; long-lived resources (model watcher, log writer) live in the lifespan."""
+    """The inference app; long-lived resources (model watcher, log writer) live in the lifespan.
+
+    Refuses to start (ConfigError) with a placeholder or short ADMIN_TOKEN / LABELLER_TOKEN."""
+    cfg = settings or get_settings()
+    check_secrets(cfg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = settings or get_settings()
         if not logging.getLogger().handlers:  # uvicorn worker processes (INFERENCE_WORKERS > 1) start bare
             configure_logging(cfg.log_level, cfg.log_json, service="inference")
         t0 = time.perf_counter()
@@ -60,9 +64,12 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(
+        RequestGuard, max_body_bytes=cfg.max_body_bytes, json_paths=frozenset({"/predict", "/feedback"})
+    )
+    app.add_middleware(
         MetricsMiddleware, metrics_getter=lambda: getattr(getattr(app.state, "svc", None), "metrics", None)
     )
     for router in (predict.router, labels.router, ops.router):
         app.include_router(router)
-    app.openapi = model_openapi(app)  # type: ignore[method-assign]
+    app.openapi = model_openapi(app, cfg.max_batch_records)  # type: ignore[method-assign]
     return app

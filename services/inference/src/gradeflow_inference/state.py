@@ -31,6 +31,7 @@ class ServiceState:
             tolerance=settings.verify_tolerance,
             verify_rows=settings.verify_rows,
             predict_path=settings.predict_path,
+            max_string_length=settings.max_string_length,
             on_reload=self.metrics.on_reload,
         )
         self.log_enabled = settings.inference_log_enabled

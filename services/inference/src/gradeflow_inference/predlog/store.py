@@ -11,14 +11,14 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from gradeflow_shared.contracts import FeedbackItem, FeedbackResponse, LoggedPrediction, PredictionPage
-from gradeflow_shared.errors import GradeflowError
+from gradeflow_shared.errors import MAX_PROBLEMS, Conflict, GradeflowError
 
 from .ids import ID_STRIDE, record_request_id, split_request_id
 
@@ -34,7 +34,7 @@ class LogBatch(NamedTuple):
     batch_key: str
     ts: float  # unix time
     model_version: int
-    records: bytes  # JSON: an array of records or {"records": [...]}
+    records: list[Any]  # the validated records (parsed JSON objects), encoded by the writer thread
     predictions: Sequence[float]  # n values
     latency_ms: float
     n: int
@@ -43,6 +43,20 @@ class LogBatch(NamedTuple):
 class LogUnavailable(GradeflowError):
     error_code = "LOG_UNAVAILABLE"
     status_code = 503
+
+
+class AlreadyLabelled(Conflict):
+    """A second label for a prediction without ``overwrite`` (409; names the request ids)."""
+
+    def __init__(self, request_ids: list[str]) -> None:
+        shown = ", ".join(request_ids[:5]) + (
+            f" and {len(request_ids) - 5} more" if len(request_ids) > 5 else ""
+        )
+        super().__init__(
+            f"{len(request_ids)} predictions already have a label ({shown}): nothing was stored; send "
+            '"overwrite": true to replace the labels (the earlier values are kept in the audit trail)',
+            details={"request_ids": request_ids[:MAX_PROBLEMS], "count": len(request_ids)},
+        )
 
 
 def _records_of(blob: str | bytes) -> list[Any]:
@@ -67,6 +81,10 @@ def _sqlite_insert(rows: int) -> str:
         "INSERT INTO prediction_batches (batch_key, first_index, n, ts, model_version, records, predictions, "
         "latency_ms) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
     )
+
+
+def _records_json(b: LogBatch) -> str:
+    return orjson.dumps(b.records).decode()
 
 
 def _predictions_json(b: LogBatch) -> str:
@@ -136,7 +154,7 @@ class LogStore:
                                 b.n,
                                 _sqlite_ts(b.ts),
                                 b.model_version,
-                                b.records.decode(),
+                                _records_json(b),
                                 _predictions_json(b),
                                 b.latency_ms,
                             )
@@ -152,7 +170,7 @@ class LogStore:
                 "n": b.n,
                 "ts": _naive_utc(b.ts),
                 "model_version": b.model_version,
-                "records": b.records.decode(),
+                "records": _records_json(b),
                 "predictions": _predictions_json(b),
                 "latency_ms": b.latency_ms,
             }
@@ -179,9 +197,8 @@ class LogStore:
     def page(
         self, since_id: int | None, since: datetime | None, limit: int, labelled: bool | None
     ) -> PredictionPage:
+        """Up to ``limit`` records with id > ``since_id``, logged at or after ``since`` (naive UTC)."""
         engine = self.require()
-        if since is not None and since.tzinfo is not None:
-            since = since.astimezone(UTC).replace(tzinfo=None)
         with engine.connect() as conn:
             if labelled is True:
                 items = self._page_labelled(conn, since_id, since, limit)
@@ -330,53 +347,89 @@ class LogStore:
         items.sort(key=lambda x: x.id)
         return items
 
-    def add_feedback(self, items: Iterable[FeedbackItem]) -> FeedbackResponse:
-        """Store the true outcomes (latest wins per request id) and report ids with no logged prediction.
+    def add_feedback(self, items: Sequence[FeedbackItem], overwrite: bool = False) -> FeedbackResponse:
+        """Store the true outcomes of logged predictions; report (and do not store) unknown request ids.
 
-        Read through ``LogWriter.flushed_store()`` (queued predictions written first); feedback for an id
-        not (yet) in the log is stored anyway and joins when the prediction row arrives (e.g. from another replica sharing the database).
+        A prediction that already has a label: Conflict (409, nothing stored) unless ``overwrite``; then the
+        earlier value goes to ``feedback_audit``. ``items`` hold each request id once. Read through
+        ``LogWriter.flushed_store()`` so that predictions still queued count as logged.
         """
         import sqlalchemy as sa
 
-        from ..db import feedback
+        from ..db import feedback, feedback_audit
         from ..db import prediction_batches as pb
 
         engine = self.require()
-        latest: dict[str, float] = {}
-        for it in items:
-            latest[it.request_id] = it.actual
-        now = datetime.now(UTC).replace(tzinfo=None)
+        latest = {it.request_id: it.actual for it in items}
         ids = list(latest)
         split = {k: split_request_id(k) for k in ids}
-        spans: dict[str, tuple[int, int]] = {}
-        with engine.begin() as conn:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                keys = list({split[k][0] for k in chunk})
-                spans.update(
-                    (r.batch_key, (r.first_index, r.n))
-                    for r in conn.execute(
-                        sa.select(pb.c.batch_key, pb.c.first_index, pb.c.n).where(pb.c.batch_key.in_(keys))
+        now = datetime.now(UTC).replace(tzinfo=None)
+        try:
+            with engine.begin() as conn:
+                spans: dict[str, tuple[int, int]] = {}
+                earlier: dict[str, float] = {}
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    keys = list({split[k][0] for k in chunk})
+                    spans.update(
+                        (r.batch_key, (r.first_index, r.n))
+                        for r in conn.execute(
+                            sa.select(pb.c.batch_key, pb.c.first_index, pb.c.n).where(
+                                pb.c.batch_key.in_(keys)
+                            )
+                        )
                     )
-                )
-                conn.execute(feedback.delete().where(feedback.c.request_id.in_(chunk)))
-            conn.execute(
-                feedback.insert(),
-                [
-                    {
-                        "request_id": k,
-                        "actual": v,
-                        "feedback_at": now,
-                        "batch_key": split[k][0],
-                        "idx": split[k][1],
-                    }
-                    for k, v in latest.items()
-                ],
-            )
-        unknown = []
-        for k in ids:
-            key, idx = split[k]
-            span = spans.get(key)
-            if span is None or not (span[0] <= idx < span[0] + span[1]):
-                unknown.append(k)
-        return FeedbackResponse(accepted=len(ids) - len(unknown), unknown_request_ids=unknown)
+                    earlier.update(
+                        (r.request_id, r.actual)
+                        for r in conn.execute(
+                            sa.select(feedback.c.request_id, feedback.c.actual).where(
+                                feedback.c.request_id.in_(chunk)
+                            )
+                        )
+                    )
+                known: list[str] = []
+                unknown: list[str] = []
+                for k in ids:
+                    span = spans.get(split[k][0])
+                    idx = split[k][1]
+                    (known if span is not None and span[0] <= idx < span[0] + span[1] else unknown).append(k)
+                again = [k for k in known if k in earlier]
+                if again and not overwrite:
+                    raise AlreadyLabelled(again)
+                if again:
+                    conn.execute(
+                        feedback_audit.insert(),
+                        [
+                            {"request_id": k, "old_actual": earlier[k], "new_actual": latest[k], "at": now}
+                            for k in again
+                        ],
+                    )
+                    conn.execute(
+                        feedback.update()
+                        .where(feedback.c.request_id == sa.bindparam("rid"))
+                        .values(actual=sa.bindparam("new_actual"), feedback_at=now),
+                        [{"rid": k, "new_actual": latest[k]} for k in again],
+                    )
+                fresh = [k for k in known if k not in earlier]
+                if fresh:
+                    conn.execute(
+                        feedback.insert(),
+                        [
+                            {
+                                "request_id": k,
+                                "actual": latest[k],
+                                "feedback_at": now,
+                                "batch_key": split[k][0],
+                                "idx": split[k][1],
+                            }
+                            for k in fresh
+                        ],
+                    )
+        except sa.exc.IntegrityError:
+            # another request labelled one of these predictions between our read and our insert
+            raise Conflict(
+                "a label for one of these request ids arrived at the same time: send the request again"
+            ) from None
+        return FeedbackResponse(
+            accepted=len(known), unknown_request_ids=unknown, overwritten_request_ids=again
+        )

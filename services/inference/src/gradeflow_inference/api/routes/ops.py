@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from ...openapi import error_responses
 from ..deps import StateDep
 
 router = APIRouter()
 
 
-@router.get("/model", summary="The serving model: version, metrics, schema, reload status")
+@router.get(
+    "/model",
+    summary="The serving model: version, metrics, schema, reload status",
+    responses=error_responses(503),
+)
 def get_model(state: StateDep) -> dict[str, Any]:
     model = state.manager.current
     if model is None:
@@ -42,7 +47,7 @@ def health(state: StateDep) -> dict[str, Any]:
     }
 
 
-@router.get("/ready", summary="Ready: a model is loaded (503 otherwise)")
+@router.get("/ready", summary="Ready: a model is loaded (503 otherwise)", responses=error_responses(503))
 def ready(state: StateDep) -> JSONResponse:
     model = state.manager.current
     if model is None:
@@ -50,7 +55,12 @@ def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "model_version": model.version})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(state: StateDep) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from gradeflow_shared.contracts import PredictResponse
 
 from ...model import LoadedModel
+from ...openapi import error_responses
 from ...predlog.ids import new_batch_key
 from ...predlog.store import LogBatch
 from ...schema import Batch, parse_body
@@ -29,7 +30,8 @@ The answer names the model version that produced every prediction and one reques
 outside the manifest's bounds -> 422 naming the field, the rule and (batches) the record index.
 Categories not seen in training are accepted and predicted through the encoder's unknown handling
 (counted in `inference_unseen_categories_total`). `null` is accepted for nullable features (imputed).
-503 while no model export is loaded.
+503 while no model export is loaded. The body must be `Content-Type: application/json` (else 415) and
+at most MAX_BODY_BYTES long (else 413); a categorical value at most MAX_STRING_LENGTH characters.
 """
 
 router = APIRouter()
@@ -45,10 +47,7 @@ def run_predict(model: LoadedModel, records: list[object], batch: bool) -> tuple
     summary="Predict one record or a batch",
     description=PREDICT_DOC,
     response_model=PredictResponse,
-    responses={
-        422: {"description": "Invalid input (field, rule, index)"},
-        503: {"description": "No model"},
-    },
+    responses=error_responses(413, 415, 422, 503),
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}},
 )
 async def predict(request: Request) -> Response:
@@ -68,10 +67,9 @@ async def predict(request: Request) -> Response:
     key = new_batch_key()
     latency_ms = (time.perf_counter() - t0) * 1000.0
     if state.log_enabled:
-        # one log entry per request: the validated body as received (a batch body as is, one record
-        # wrapped in [...]) and the predictions; the writer thread does the rest
-        blob = body if batch else b"[" + body + b"]"
-        state.log.submit(LogBatch(key, time.time(), version, blob, preds, latency_ms, b.n))
+        # one log entry per request: the validated records (re-encoded by the writer thread, so nothing
+        # the validator did not see is stored) and the predictions
+        state.log.submit(LogBatch(key, time.time(), version, records, preds, latency_ms, b.n))
     m = state.metrics
     m.predictions.labels(str(version)).inc(b.n)
     if b.unseen:
