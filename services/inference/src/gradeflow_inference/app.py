@@ -69,7 +69,8 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     app.add_middleware(
         MetricsMiddleware, metrics_getter=lambda: getattr(getattr(app.state, "svc", None), "metrics", None)
     )
-    for router in (predict.router, labels.router, ops.router):
+    predict.install(app)  # the hot path: on the app itself (see predict.install)
+    for router in (labels.router, ops.router):
         app.include_router(router)
     app.openapi = model_openapi(app, cfg.max_batch_records)  # type: ignore[method-assign]
     return app

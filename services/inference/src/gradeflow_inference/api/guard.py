@@ -1,7 +1,8 @@
 """Request limits checked before any parsing (pure ASGI middleware, cheap per request).
 
-* a body larger than ``max_body_bytes`` -> 413, from Content-Length and, when it is absent or lies,
-  while the body streams in (the body is read once here, bounded, and handed on to the app);
+* a body larger than ``max_body_bytes`` -> 413: from Content-Length (the server hands on exactly that many
+  bytes), or, for a chunked body without a length, while it streams in (read here, bounded, then handed
+  on to the app as one message);
 * a POST to a JSON endpoint without ``Content-Type: application/json`` -> 415 (this also refuses the
   "simple" cross-site posts a browser sends without a preflight: text/plain, forms).
 """
@@ -44,42 +45,42 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         length = ctype = b""
+        chunked = False
         for k, v in scope["headers"]:
             if k == b"content-length":
                 length = v
             elif k == b"content-type":
                 ctype = v
+            elif k == b"transfer-encoding":
+                chunked = True
         limit = self.max_body_bytes
         if scope["path"] in self.json_paths and not is_json(ctype):
             shown = ctype[:64].decode("latin-1") or "none"
             await _refuse(send, UnsupportedMediaType(f"Content-Type must be application/json, got {shown}"))
             return
-        if length.isdigit() and int(length) > limit:
-            await _refuse(send, _too_large(limit))
-            return
-        # read the body here (bounded), then hand it on as one message
-        first = await receive()
-        if first["type"] != "http.request" or not first.get("more_body", False):
-            if len(first.get("body", b"")) > limit:
+        if length.isdigit() and not chunked:
+            # the server hands on exactly Content-Length bytes: the header alone decides (no copy, no wrap)
+            if int(length) > limit:
                 await _refuse(send, _too_large(limit))
                 return
-            replay = first
-        else:
-            chunks = [first.get("body", b"")]
-            size = len(chunks[0])
-            while True:
-                msg = await receive()
-                if msg["type"] != "http.request":  # the client went away
-                    await self.app(scope, _once(msg, receive), send)
-                    return
-                chunks.append(msg.get("body", b""))
-                size += len(chunks[-1])
-                if size > limit:
-                    await _refuse(send, _too_large(limit))
-                    return
-                if not msg.get("more_body", False):
-                    break
-            replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            await self.app(scope, receive, send)
+            return
+        # no length to trust (chunked): read the body here, counting, and hand it on as one message
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                await self.app(scope, _once(msg, receive), send)
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                await _refuse(send, _too_large(limit))
+                return
+            if not msg.get("more_body", False):
+                break
+        replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _once(replay, receive), send)
 
 
