@@ -49,6 +49,7 @@ def test_feedback_needs_a_token(client: TestClient, fitted: exports.Fitted, head
     r = _feedback(client, {"items": [{"request_id": ids[0], "actual": 3.0}]}, headers=headers)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert r.json()["error_code"] == "UNAUTHORIZED" and "LABELLER_TOKEN" in r.json()["message"]
+    assert _feedback(client, b"{not json", headers=headers).status_code == 401  # auth before parsing
     with _db(client).connect() as conn:
         assert conn.execute(sa.text("select count(*) from feedback")).scalar() == 0
 
@@ -410,6 +411,7 @@ def test_openapi_documents_statuses_and_content_types(client: TestClient) -> Non
     assert codes("/model", "get") >= {"200", "503"} and codes("/ready", "get") >= {"200", "503"}
     err = paths["/feedback"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
     assert err == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "WWW-Authenticate" in paths["/feedback"]["post"]["responses"]["401"]["headers"]
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     assert paths["/feedback"]["post"]["security"]  # the bearer scheme
     assert {"HTTPBearer"} <= set(spec["components"]["securitySchemes"])

@@ -34,7 +34,10 @@ _ERRORS = {
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` of a route: the error body under each status."""
-    return {c: {"model": ErrorBody, "description": _ERRORS[c]} for c in codes}
+    out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorBody, "description": _ERRORS[c]} for c in codes}
+    if 401 in out:
+        out[401]["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+    return out
 
 
 # request bodies that routes parse themselves (declared with json_body) and whose schemas go in the document
