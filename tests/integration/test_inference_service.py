@@ -6,10 +6,9 @@ prediction log surviving a clean stop (SIGTERM) with every row.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,15 +19,13 @@ import pytest
 
 from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_testkit.servers import free_port
+from services.inference.tests import exports
 
 pytestmark = pytest.mark.integration
 
-_HELPER = Path(__file__).resolve().parents[2] / "services" / "inference" / "tests" / "exports.py"
-_spec = importlib.util.spec_from_file_location("gf_inference_it_exports", _HELPER)
-assert _spec and _spec.loader
-exports = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = exports
-_spec.loader.exec_module(exports)
+ADMIN_TOKEN = "admin-token-of-the-inference-integration-tests"
+LABELLER_TOKEN = "labeller-token-of-the-inference-integration-tests"
+LABELLER = {"Authorization": f"Bearer {LABELLER_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +48,8 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
                 "INFERENCE_PORT": str(port),
                 "HOST": "127.0.0.1",
                 "RELOAD_INTERVAL": "0.2",
+                "ADMIN_TOKEN": ADMIN_TOKEN,
+                "LABELLER_TOKEN": LABELLER_TOKEN,
                 **env,
             },
             log_path=tmp_path / "logs" / f"inference-{len(started)}.log",
@@ -88,9 +87,8 @@ def test_no_export_start_then_ready(
     r = httpx.post(f"{url}/predict", json=fitted.records[0])
     assert r.status_code == 503 and r.json()["error_code"] == "MODEL_NOT_LOADED"
     exports.republish(d, fitted.exports["rf"], 1)
-    t0 = time.monotonic()
-    _wait(lambda: httpx.get(f"{url}/ready").status_code == 200, 10, "ready after the first export", svc)
-    assert time.monotonic() - t0 < 2.0 + 1.0  # noticed within 2 s (+ load time of a small model)
+    # noticed within RELOAD_INTERVAL (0.2 s) plus the load; the bound is generous for a shared machine
+    _wait(lambda: httpx.get(f"{url}/ready").status_code == 200, 30, "ready after the first export", svc)
     r = httpx.post(f"{url}/predict", json=fitted.records[0])
     assert r.status_code == 200 and r.json()["model_version"] == 1
 
@@ -105,7 +103,7 @@ def test_hot_reload_under_load(
     exported = {1}
     stop = threading.Event()
     results: list[tuple[int, int | None]] = []
-    errors: list[str] = []
+    errors: list[str] = []  # failures seen by the client threads, asserted in the main thread
     lock = threading.Lock()
     latest_seen = [1]
 
@@ -121,14 +119,14 @@ def test_hot_reload_under_load(
                 )
                 try:
                     r = c.post("/predict", json=body)
-                except httpx.HTTPError as exc:
-                    with lock:
-                        errors.append(repr(exc))
-                    continue
-                v = r.json().get("model_version") if r.status_code == 200 else None
-                if r.status_code == 200:
+                    v = r.json().get("model_version") if r.status_code == 200 else None
                     n = len(body["records"]) if "records" in body else 1
-                    assert len(r.json()["predictions"]) == n
+                    if r.status_code == 200 and len(r.json()["predictions"]) != n:
+                        raise AssertionError(f"{n} records, {len(r.json()['predictions'])} predictions")
+                except Exception:  # noqa: BLE001 - any failure in a thread is reported by the main thread
+                    with lock:
+                        errors.append(traceback.format_exc(limit=3))
+                    continue
                 with lock:
                     results.append((r.status_code, v))
                     if v is not None:
@@ -143,7 +141,12 @@ def test_hot_reload_under_load(
             src = fitted.exports["ridge" if k % 2 == 0 else "rf"]
             if k == 4:
                 exports.publish_corrupt(d, fitted.exports["rf"], 99, how="sha")
-                time.sleep(0.6)
+                _wait(
+                    lambda: httpx.get(f"{url}/model").json()["last_reload_attempt"]["version"] == 99,
+                    30,
+                    "the corrupt export seen and refused",
+                    svc,
+                )
             exports.republish(d, src, version)
             exported.add(version)
             _wait(lambda v=version: latest_seen[0] >= v, 30, f"version {version} served", svc)
@@ -152,6 +155,7 @@ def test_hot_reload_under_load(
         stop.set()
         for t in threads:
             t.join(30)
+    assert not any(t.is_alive() for t in threads), "a client thread did not finish"
     statuses = Counter(s for s, _ in results)
     versions = Counter(v for _, v in results)
     assert not errors, errors[:5]
@@ -209,11 +213,40 @@ def test_postgres_log_real_process(
     url = svc.url  # type: ignore[attr-defined]
     preds = httpx.post(f"{url}/predict", json={"records": fitted.records[:12]}).json()["predictions"]
     ids = [p["request_id"] for p in preds]
-    fb = httpx.post(f"{url}/feedback", json={"items": [{"request_id": ids[4], "actual": 9.0}]}).json()
-    assert fb == {"accepted": 1, "unknown_request_ids": []}
+    item = {"items": [{"request_id": ids[4], "actual": 9.0}]}
+    assert httpx.post(f"{url}/feedback", json=item).status_code == 401
+    fb = httpx.post(f"{url}/feedback", json=item, headers=LABELLER).json()
+    assert fb == {"accepted": 1, "unknown_request_ids": [], "overwritten_request_ids": []}
+    assert httpx.post(f"{url}/feedback", json=item, headers=LABELLER).status_code == 409
     page = httpx.get(f"{url}/predictions", params={"limit": 5}).json()
     assert [x["request_id"] for x in page["items"]] == ids[:5] and page["next_since_id"] is not None
     rest = httpx.get(f"{url}/predictions", params={"since_id": page["next_since_id"]}).json()
     assert [x["request_id"] for x in rest["items"]] == ids[5:]
     lab = httpx.get(f"{url}/predictions", params={"labelled": "true"}).json()["items"]
     assert [(x["request_id"], x["actual"], x["model_version"]) for x in lab] == [(ids[4], 9.0, 3)]
+
+
+def test_request_limits_real_process(
+    tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """413 and 415 from the real server (httptools, uvicorn's body messages), before any parsing."""
+    d = tmp_path / "models"
+    exports.republish(d, fitted.exports["rf"], 1)
+    svc = start_service(d, MAX_BODY_BYTES="4096")
+    url = svc.url  # type: ignore[attr-defined]
+    big = {"records": fitted.records[:40]}  # about 16 KB
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/predict", json=big)
+        assert r.status_code == 413 and r.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+        body = httpx.Request("POST", "/", json=big).content
+        r = c.post(
+            "/predict",
+            content=iter([body[i : i + 1000] for i in range(0, len(body), 1000)]),  # chunked, no length
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 413
+        r = c.post("/predict", content=httpx.Request("POST", "/", json=fitted.records[0]).content)
+        assert r.status_code == 415
+        r = c.post("/feedback", content=b'{"items": []}', headers={"Content-Type": "text/plain", **LABELLER})
+        assert r.status_code == 415
+        assert c.post("/predict", json={"records": fitted.records[:5]}).status_code == 200

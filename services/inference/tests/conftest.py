@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "gf_inference_test_exports", Path(__file__).parent / "exports.py"
-)
-assert _spec and _spec.loader
-exports = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = exports
-_spec.loader.exec_module(exports)
+from . import exports
+
+ADMIN_TOKEN = "admin-token-of-the-inference-tests"
+LABELLER_TOKEN = "labeller-token-of-the-inference-tests"
+LABELLER = {"Authorization": f"Bearer {LABELLER_TOKEN}"}
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +37,8 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
             "data_dir": tmp_path / "data",
             "model_dir": model_dir,
             "reload_interval": 0.1,
+            "admin_token": ADMIN_TOKEN,
+            "labeller_token": LABELLER_TOKEN,
         }
         base.update(kw)
         return InferenceSettings(**base)  # type: ignore[arg-type]

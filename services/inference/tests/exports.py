@@ -1,6 +1,7 @@
 """Real exports for the inference tests: fit once with the trainer's pipeline, publish many versions.
 
-Used by services/inference/tests/conftest.py and (loaded by path) tests/integration/test_inference_*.py.
+Used by the inference tests (``from . import exports``) and tests/integration/test_inference_service.py
+(``from services.inference.tests import exports``: the repository root is on sys.path under ``python -m pytest``).
 The trainer is imported here only: tests may use it, the inference package never does.
 """
 
@@ -48,6 +49,8 @@ def fit_and_export(root: Path, rows: int = 400) -> Fitted:
             X,
             y,
             target=TARGET,
+            target_min=0.0,
+            target_max=20.0,
             model_name="student-grade",
             version=i,
             run_id=f"run-{label}",

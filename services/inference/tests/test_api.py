@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gf_inference_test_exports as exports  # registered by conftest.py
 from fastapi.testclient import TestClient
 
 from gradeflow_inference.app import create_app
+
+from . import exports
+from .conftest import LABELLER
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -131,13 +133,21 @@ def test_feedback_joins_and_paging(client: TestClient, fitted: exports.Fitted) -
         for p in client.post("/predict", json={"records": fitted.records[:25]}).json()["predictions"]
     ]
     fb = client.post(
-        "/feedback", json={"items": [{"request_id": ids[i], "actual": float(i)} for i in range(0, 25, 5)]}
+        "/feedback",
+        json={"items": [{"request_id": ids[i], "actual": float(i)} for i in range(0, 25, 5)]},
+        headers=LABELLER,
     )
-    assert fb.status_code == 200 and fb.json() == {"accepted": 5, "unknown_request_ids": []}
+    assert fb.status_code == 200
+    assert fb.json() == {"accepted": 5, "unknown_request_ids": [], "overwritten_request_ids": []}
     fb = client.post(
-        "/feedback", json={"items": [{"request_id": ids[0], "actual": 7.5}, {"request_id": "x", "actual": 1}]}
+        "/feedback",
+        json={
+            "items": [{"request_id": ids[0], "actual": 7.5}, {"request_id": "x", "actual": 1}],
+            "overwrite": True,
+        },
+        headers=LABELLER,
     )
-    assert fb.json() == {"accepted": 1, "unknown_request_ids": ["x"]}
+    assert fb.json() == {"accepted": 1, "unknown_request_ids": ["x"], "overwritten_request_ids": [ids[0]]}
     seen: list[dict[str, Any]] = []
     since = None
     while True:
@@ -173,11 +183,14 @@ def test_feedback_for_rows_still_queued(
     # the writer waits up to 60 s before writing: the rows are still in the queue when feedback arrives
     s = make_settings(model_dir, log_flush_interval=60, log_batch_size=10_000)
     with TestClient(create_app(s)) as c:
-        wait_for(lambda: c.app.state.svc.log.ready.is_set())
+        wait_for(lambda: c.app.state.svc.log.store.ready.is_set())
         rid = c.post("/predict", json=fitted.records[0]).json()["predictions"][0]["request_id"]
         assert c.get("/health").json()["log_queue_depth"] == 1
         assert (
-            c.post("/feedback", json={"items": [{"request_id": rid, "actual": 3.0}]}).json()["accepted"] == 1
+            c.post(
+                "/feedback", json={"items": [{"request_id": rid, "actual": 3.0}]}, headers=LABELLER
+            ).json()["accepted"]
+            == 1
         )
         rows = c.get("/predictions", params={"labelled": "true"}).json()["items"]
         assert [(r["request_id"], r["actual"]) for r in rows] == [(rid, 3.0)]

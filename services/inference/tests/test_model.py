@@ -6,7 +6,6 @@ import math
 import time
 from pathlib import Path
 
-import gf_inference_test_exports as exports  # registered by conftest.py
 import pytest
 
 from gradeflow_inference.model import (
@@ -19,6 +18,8 @@ from gradeflow_inference.model import (
 from gradeflow_inference.schema import Batch
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.manifest import point_current
+
+from . import exports
 
 
 def test_load_export_verifies_both_paths(fitted: exports.Fitted) -> None:

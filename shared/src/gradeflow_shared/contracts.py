@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
@@ -99,18 +99,51 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionItem]
 
 
+# Labels beyond this magnitude are refused even when the model declares no target bounds (sums of such
+# values overflow to infinity in any error metric).
+LABEL_ABS_MAX = 1e9
+
+
 class FeedbackItem(BaseModel):
-    request_id: str
-    actual: float
+    """One true outcome for a logged prediction (a label: privileged input, checked strictly)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(
+        min_length=1, max_length=64, strict=True, description="A request id answered by POST /predict."
+    )
+    actual: float = Field(
+        strict=True,
+        allow_inf_nan=False,
+        ge=-LABEL_ABS_MAX,
+        le=LABEL_ABS_MAX,
+        description="The true outcome: a finite JSON number (not a string, not a boolean) inside the "
+        "serving model's target bounds (manifest target_min/target_max).",
+    )
 
 
 class FeedbackRequest(BaseModel):
+    """Body of inference's ``POST /feedback`` (needs the labeller or admin bearer token)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     items: list[FeedbackItem] = Field(min_length=1, max_length=10_000)
+    overwrite: bool = Field(
+        default=False,
+        strict=True,
+        description="Replace labels given before (the earlier values are kept in an audit trail); "
+        "without it a second label for a prediction is refused with 409.",
+    )
 
 
 class FeedbackResponse(BaseModel):
-    accepted: int
-    unknown_request_ids: list[str] = Field(default_factory=list)
+    accepted: int = Field(description="Items stored: their request id matched a logged prediction.")
+    unknown_request_ids: list[str] = Field(
+        default_factory=list, description="Request ids with no logged prediction (not stored)."
+    )
+    overwritten_request_ids: list[str] = Field(
+        default_factory=list, description="Request ids whose earlier label was replaced (overwrite: true)."
+    )
 
 
 class LoggedPrediction(BaseModel):

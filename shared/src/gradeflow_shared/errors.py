@@ -102,6 +102,27 @@ def error_from_body(status: int, body: Any) -> GradeflowError:
     return err
 
 
+MAX_FIELD_ECHO = 64  # characters of a client-chosen key echoed back in an error
+MAX_PROBLEMS = 50  # problems listed in one error body
+
+
+def field_path(loc: Any) -> str:
+    """A validation error's location as a field path: ``("body", "items", 3, "actual")`` -> ``items[3].actual``.
+
+    Keys are echoed at most MAX_FIELD_ECHO characters long (an unknown key may be huge)."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = str(part)
+            name = name if len(name) <= MAX_FIELD_ECHO else name[:MAX_FIELD_ECHO] + "..."
+            out += f".{name}" if out else name
+    return out
+
+
 def install_error_handlers(app: Any) -> None:
     """Map GradeflowError and request validation errors to the one JSON error body."""
     from fastapi import Request
@@ -117,9 +138,13 @@ def install_error_handlers(app: Any) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for e in exc.errors():
-            loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
-            problems.append({"field": ".".join(loc), "rule": e.get("type"), "message": e.get("msg")})
+            problems.append(
+                {"field": field_path(e.get("loc", ())), "rule": e.get("type"), "message": e.get("msg")}
+            )
         summary = "; ".join(f"{p['field'] or '<body>'}: {p['message']}" for p in problems[:5])
+        if len(problems) > 5:
+            summary += f"; ... ({len(problems)} problems)"
+        problems = problems[:MAX_PROBLEMS]
         return JSONResponse(
             {"error_code": "INVALID_INPUT", "message": summary, "details": problems}, status_code=422
         )

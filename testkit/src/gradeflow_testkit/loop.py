@@ -89,18 +89,29 @@ def predict(client: httpx.Client, records: list[dict[str, Any]]) -> PredictionOu
     )
 
 
-def feedback(client: httpx.Client, request_ids: Iterable[str], actuals: Iterable[float]) -> int:
+def feedback(
+    client: httpx.Client,
+    request_ids: Iterable[str],
+    actuals: Iterable[float],
+    headers: dict[str, str] | None = None,
+) -> int:
+    """POST the true outcomes; ``headers`` carry the labeller's (or admin's) bearer token (``Urls.auth``)."""
     items = [{"request_id": r, "actual": float(a)} for r, a in zip(request_ids, actuals, strict=True)]
     accepted = 0
     for i in range(0, len(items), 1000):
-        r = client.post("/feedback", json={"items": items[i : i + 1000]})
+        r = client.post("/feedback", json={"items": items[i : i + 1000]}, headers=headers)
         r.raise_for_status()
         accepted += int(r.json()["accepted"])
     return accepted
 
 
 def send_labelled(
-    client: httpx.Client, df: pd.DataFrame, target: str, batch: int = 100, with_feedback: bool = True
+    client: httpx.Client,
+    df: pd.DataFrame,
+    target: str,
+    batch: int = 100,
+    with_feedback: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], set[int]]:
     """Predict every row of ``df`` in batches, then send its true outcome; returns predictions, versions."""
     preds: list[float] = []
@@ -112,7 +123,7 @@ def send_labelled(
         preds.extend(out.predictions)
         versions.add(out.version)
         if with_feedback:
-            feedback(client, out.request_ids, df[target].iloc[i : i + batch].tolist())
+            feedback(client, out.request_ids, df[target].iloc[i : i + batch].tolist(), headers)
     return preds, versions
 
 

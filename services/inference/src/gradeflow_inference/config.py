@@ -7,15 +7,34 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import BaseServiceSettings
+from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, require_secret
 
 
-class InferenceSettings(BaseServiceSettings):
+class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
     """Every variable the inference service reads (no prefix; see services/inference/README.md)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     inference_port: int = Field(default=8000, description="Port of the HTTP API (INFERENCE_PORT).")
+    labeller_token: str = Field(
+        default="",
+        description="Bearer token of the labeller role (LABELLER_TOKEN): it may POST /feedback (labels), "
+        "nothing else. Empty: the role is off and only ADMIN_TOKEN labels. When set: at least 16 "
+        "characters, no placeholder, or the service refuses to start.",
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes (MAX_BODY_BYTES), checked from Content-Length and while "
+        "the body streams in: 413 before any parsing. The default holds 10,000 records of the widest "
+        "builtin schema.",
+    )
+    max_string_length: int = Field(
+        default=200,
+        ge=1,
+        description="Longest string value of a categorical feature (MAX_STRING_LENGTH): longer -> 422 "
+        "naming the field.",
+    )
     inference_workers: int = Field(
         default=1,
         ge=1,
@@ -87,6 +106,13 @@ class InferenceSettings(BaseServiceSettings):
         if self.prediction_db_url:
             return self.prediction_db_url
         return f"sqlite:///{self.service_dir('inference') / 'predictions.db'}"
+
+
+def check_secrets(settings: InferenceSettings) -> None:
+    """Refuse to start (ConfigError naming the variable) with a placeholder or short token."""
+    require_secret("ADMIN_TOKEN", settings.admin_token)
+    if settings.labeller_token:
+        require_secret("LABELLER_TOKEN", settings.labeller_token)
 
 
 @lru_cache

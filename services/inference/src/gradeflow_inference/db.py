@@ -42,6 +42,17 @@ feedback = sa.Table(
     sa.Column("idx", sa.Integer, nullable=False),
 )
 
+# every label replaced by a later one (POST /feedback with overwrite: true), oldest first
+feedback_audit = sa.Table(
+    "feedback_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("old_actual", sa.Float, nullable=False),
+    sa.Column("new_actual", sa.Float, nullable=False),
+    sa.Column("at", sa.DateTime, nullable=False),  # naive UTC
+)
+
 MIGRATIONS = Path(__file__).resolve().parent / "alembic"
 
 

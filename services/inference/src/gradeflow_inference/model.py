@@ -27,7 +27,7 @@ import numpy as np
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.manifest import Manifest, read_manifest, read_reference_records, verify_files
 
-from .schema import Batch, RecordValidator, object_column
+from .schema import DEFAULT_MAX_STRING_LENGTH, Batch, RecordValidator, object_column
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def load_export(
     tolerance: float = 0.05,
     verify_rows: int = 200,
     predict_path: str = "auto",
+    max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
 ) -> LoadedModel:
     """Read, verify and open one export directory (raise ExportError when anything is wrong).
 
@@ -162,7 +163,7 @@ def load_export(
     t0 = time.perf_counter()
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    validator = RecordValidator(manifest)
+    validator = RecordValidator(manifest, max_string_length)
     has_onnx = "onnx" in manifest.files and predict_path != "sklearn"
     if not has_onnx and not with_sklearn:
         with_sklearn = True
@@ -330,9 +331,11 @@ class ModelManager:
         tolerance: float = 0.05,
         verify_rows: int = 200,
         predict_path: str = "auto",
+        max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
         on_reload: Any = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.max_string_length = max_string_length
         self.interval = interval
         self.tolerance = tolerance
         self.verify_rows = verify_rows
@@ -366,6 +369,7 @@ class ModelManager:
                 tolerance=self.tolerance,
                 verify_rows=self.verify_rows,
                 predict_path=self.predict_path,
+                max_string_length=self.max_string_length,
             )
         except ExportError as exc:
             self._refuse(export_dir, version, str(exc))

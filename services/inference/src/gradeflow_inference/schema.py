@@ -11,7 +11,10 @@ the record index):
   not numbers), categorical features take strings, ``bool`` features take true/false.
 * ``greater_than_equal`` / ``less_than_equal``: a numeric value outside the manifest's hard
   ``min``/``max`` bounds.
+* ``string_too_long``: a categorical value longer than ``max_string_length`` characters.
 * unseen categories are accepted (the encoder's unknown handling predicts them) and counted.
+
+Keys the client chose (unknown fields) are echoed at most MAX_FIELD_ECHO characters long.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import orjson
 
-from gradeflow_shared.errors import InvalidInput
+from gradeflow_shared.errors import MAX_FIELD_ECHO, MAX_PROBLEMS, InvalidInput
 from gradeflow_shared.manifest import MISSING_CATEGORY, FeatureSpec, Manifest
 
-MAX_REPORTED_ERRORS = 50
+DEFAULT_MAX_STRING_LENGTH = 200  # the MAX_STRING_LENGTH setting's default
 _NONE = type(None)
 _NUM_TYPES = frozenset({int, float, _NONE})
 _STR_TYPES = frozenset({str, _NONE})
@@ -73,6 +77,12 @@ def object_column(col: Any, missing: Any) -> np.ndarray:
     return arr
 
 
+def echo_key(key: Any) -> str:
+    """A client-chosen key as echoed in an error (truncated: it may be huge)."""
+    k = str(key)
+    return k if len(k) <= MAX_FIELD_ECHO else k[:MAX_FIELD_ECHO] + "..."
+
+
 def _type_name(v: Any) -> str:
     if v is None:
         return "null"
@@ -92,7 +102,8 @@ def _type_name(v: Any) -> str:
 class RecordValidator:
     """Validates records against one manifest's feature schema (immutable, shared by threads)."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, max_string_length: int = DEFAULT_MAX_STRING_LENGTH) -> None:
+        self.max_string_length = max_string_length
         self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in manifest.features)
         self.names: frozenset[str] = frozenset(f.name for f in self.features)
         # one getter per feature: a column is list(map(getter, records)), a loop in C
@@ -159,6 +170,8 @@ class RecordValidator:
                 types = set(map(type, distinct))  # (a str never equals a non-str: none hides another)
                 if (_NONE in types and not f.nullable) or not types <= _STR_TYPES:
                     return None
+                if max(map(len, distinct.difference((None,))), default=0) > self.max_string_length:
+                    return None
                 cats = f.categories
                 if cats is not None:
                     new = distinct.difference(cats)
@@ -181,7 +194,7 @@ class RecordValidator:
                 errors.append(
                     self._err(batch, i, None, "type", f"record must be a JSON object, got {_type_name(rec)}")
                 )
-                if len(errors) >= MAX_REPORTED_ERRORS:
+                if len(errors) >= MAX_PROBLEMS:
                     break
                 continue
             if len(rec) != len(names) or not names.issuperset(rec):
@@ -189,9 +202,15 @@ class RecordValidator:
                     if key not in names:
                         errors.append(
                             self._err(
-                                batch, i, str(key), "extra_forbidden", "unknown field (not a model feature)"
+                                batch,
+                                i,
+                                echo_key(key),
+                                "extra_forbidden",
+                                "unknown field (not a model feature)",
                             )
                         )
+                        if len(errors) >= MAX_PROBLEMS:
+                            break
             for f in self.features:
                 name = f.name
                 if name not in rec:
@@ -242,12 +261,24 @@ class RecordValidator:
                             self._err(batch, i, name, "type", f"expected string, got {_type_name(v)}")
                         )
                         continue
+                    if len(v) > self.max_string_length:
+                        errors.append(
+                            self._err(
+                                batch,
+                                i,
+                                name,
+                                "string_too_long",
+                                f"at most {self.max_string_length} characters, got {len(v)}",
+                            )
+                        )
+                        continue
                     if f.categories is not None and v not in f.categories:
                         unseen[name] = unseen.get(name, 0) + 1
                     columns[name][i] = v
-            if len(errors) >= MAX_REPORTED_ERRORS:
+            if len(errors) >= MAX_PROBLEMS:
                 break
         if errors:
+            errors = errors[:MAX_PROBLEMS]
             summary = "; ".join(
                 (f"records[{e['index']}]." if "index" in e else "")
                 + f"{e['field'] or '<record>'}: {e['message']}"
@@ -281,7 +312,7 @@ class RecordValidator:
                 if spec.max is not None:
                     p["maximum"] = spec.max
             else:
-                p = {"type": "string"}
+                p = {"type": "string", "maxLength": self.max_string_length}
                 if spec.categories:
                     p["examples"] = spec.categories[:20]
                     p["description"] = "known categories: " + ", ".join(spec.categories[:50])
@@ -299,6 +330,57 @@ class RecordValidator:
             "required": [f.name for f in manifest.features],
             "additionalProperties": False,
         }
+
+
+def load_json(body: bytes) -> Any:
+    """The parsed body (orjson: strict JSON, no NaN/Infinity); InvalidInput (json_invalid) otherwise."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"body is not valid JSON: {exc}",
+            details=[{"field": "", "rule": "json_invalid", "message": str(exc)}],
+        ) from None
+
+
+def parse_body(body: bytes, names: frozenset[str], max_records: int) -> tuple[list[Any], bool]:
+    """The records of a POST /predict body and whether it was a batch (``{"records": [...]}``).
+
+    ``names`` are the serving model's features (a model with a feature called ``records`` takes one
+    record only). Raises InvalidInput for a body that is not JSON, not an object, or a bad batch."""
+    data = load_json(body)
+    if isinstance(data, dict):
+        if "records" in data and "records" not in names:
+            records = data["records"]
+            extra = [echo_key(k) for k in data if k != "records"][:MAX_PROBLEMS]
+            if extra:
+                raise InvalidInput(
+                    f"{extra[0]}: unknown field next to 'records'",
+                    details=[
+                        {"field": k, "rule": "extra_forbidden", "message": "unknown field"} for k in extra
+                    ],
+                )
+            if not isinstance(records, list):
+                raise InvalidInput(
+                    "records: must be an array of records",
+                    details=[{"field": "records", "rule": "list_type", "message": "must be an array"}],
+                )
+            if not records:
+                raise InvalidInput(
+                    "records: at least one record required",
+                    details=[{"field": "records", "rule": "too_short", "message": "at least 1 record"}],
+                )
+            if len(records) > max_records:
+                raise InvalidInput(
+                    f"records: at most {max_records} records per request, got {len(records)}",
+                    details=[{"field": "records", "rule": "too_long", "message": f"at most {max_records}"}],
+                )
+            return records, True
+        return [data], False
+    raise InvalidInput(
+        'body must be a JSON object (one record) or {"records": [...]}',
+        details=[{"field": "", "rule": "model_type", "message": "expected a JSON object"}],
+    )
 
 
 def example_record(manifest: Manifest) -> dict[str, Any]:

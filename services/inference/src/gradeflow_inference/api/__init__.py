@@ -1,0 +1,1 @@
+"""The HTTP layer: routers (``routes``), their dependencies and the response encoder."""

@@ -1,0 +1,55 @@
+"""The long-lived resources of one app instance (created in the lifespan, read by the routes)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gradeflow_shared.errors import ModelNotLoaded
+
+from .config import InferenceSettings
+from .metrics import Metrics
+from .model import ModelManager
+from .predlog.store import LogStore
+from .predlog.writer import LogWriter
+
+
+class ServiceState:
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.log = LogWriter(
+            LogStore(settings.db_url()),
+            batch_size=settings.log_batch_size,
+            queue_max=settings.log_queue_max,
+            flush_interval=settings.log_flush_interval,
+            shutdown_timeout=settings.log_shutdown_timeout,
+        )
+        self.metrics = Metrics(self.log_stats)
+        self.manager = ModelManager(
+            settings.models_path,
+            interval=settings.reload_interval,
+            tolerance=settings.verify_tolerance,
+            verify_rows=settings.verify_rows,
+            predict_path=settings.predict_path,
+            max_string_length=settings.max_string_length,
+            on_reload=self.metrics.on_reload,
+        )
+        self.log_enabled = settings.inference_log_enabled
+        self.max_records = settings.max_batch_records
+        # the one inference thread for big batches (small ones run inline on the event loop)
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.inference_threads, thread_name_prefix="inference"
+        )
+
+    def log_stats(self) -> dict[str, Any]:
+        s = self.log.stats()
+        s["enabled"] = self.log_enabled
+        return s
+
+    def no_model(self) -> ModelNotLoaded:
+        """The 503 while no export is loaded, naming the folder it waits for and the last refusal."""
+        attempt = self.manager.last_attempt
+        msg = f"no model is loaded yet: waiting for an export at {self.manager.model_dir}/current"
+        if attempt is not None and not attempt.ok:
+            msg += f" (last export refused: {attempt.error})"
+        return ModelNotLoaded(msg, details={"last_reload_attempt": attempt.as_dict() if attempt else None})
