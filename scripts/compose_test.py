@@ -162,6 +162,8 @@ def smoke(urls: dict[str, str], token: str, mlflow_password: str) -> int:
         body = batch.json()
         assert body["model_version"] == version and len(body["predictions"]) == len(records) - 1
         ids = [one.json()["predictions"][0]["request_id"]] + [p["request_id"] for p in body["predictions"]]
+        anon = inf.post("/feedback", json={"items": [{"request_id": ids[0], "actual": 10.0}]})
+        assert anon.status_code == 401, f"feedback without a token: {anon.status_code} {anon.text[:200]}"
         fb = inf.post(
             "/feedback",
             headers=auth,
