@@ -1,7 +1,7 @@
 """Fixtures shared by every test folder: a real mlflow server, PostgreSQL.
 
 ``REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns a skip for a missing PostgreSQL or Docker
-into a failure, since CI here has both. The helpers behind them live in ``tests.support``.
+into a failure, since CI here has both. The helpers behind them live in ``gradeflow_testkit.services``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from gradeflow_shared.procs import ServiceProcess
-from tests.support.services import PG_ADMIN_URL, need, pg_problem, start_mlflow
+from gradeflow_testkit.services import PG_ADMIN_URL, need, pg_problem, start_mlflow
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from types import FrameType
 from gradeflow_shared.procs import bin_path
 from gradeflow_shared.synth import synthetic_spec
 from gradeflow_testkit.loop import Urls
-from tests.support.stack import local_stack, print_logs, stop_stack, wait_model_served
+from gradeflow_testkit.stack import local_stack, print_logs, stop_stack, wait_model_served
 
 SERVICES = ("inference", "trainer", "monitor")
 # cheap retrains (POST /retrain with the token trains for real): a small synthetic dataset, no search;

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from gradeflow_testkit.loop import Urls
-from tests.support.services import need
-from tests.support.stack import local_stack, print_logs, stop_stack
+from gradeflow_testkit.services import need
+from gradeflow_testkit.stack import local_stack, print_logs, stop_stack
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """End-to-end tests: remember a failure so that the platform fixture prints every service's log.
 
-The platform itself comes from ``tests.support.stack`` (local processes or ``E2E_*_URL``).
+The platform itself comes from ``gradeflow_testkit.stack`` (local processes or ``E2E_*_URL``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import pytest
 
 from gradeflow_shared import synth
 from gradeflow_testkit.loop import BackgroundTraffic, Urls, mae, predict, send_labelled, to_records, wait_for
-from tests.support.stack import external_platform, local_stack, print_logs, stop_stack
+from gradeflow_testkit.stack import external_platform, local_stack, print_logs, stop_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit import exports
 from gradeflow_testkit.servers import free_port
-from services.inference.tests import exports
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_testkit.servers import free_port
-from tests.support.services import start_mlflow
+from gradeflow_testkit.services import start_mlflow
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from . import exports
+from gradeflow_testkit import exports
 
 ADMIN_TOKEN = "admin-token-of-the-inference-tests"
 LABELLER_TOKEN = "labeller-token-of-the-inference-tests"

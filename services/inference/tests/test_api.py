@@ -10,8 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from gradeflow_inference.app import create_app
+from gradeflow_testkit import exports
 
-from . import exports
 from .conftest import LABELLER
 
 

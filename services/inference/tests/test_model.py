@@ -18,8 +18,7 @@ from gradeflow_inference.model import (
 from gradeflow_inference.schema import Batch
 from gradeflow_shared.errors import ExportError
 from gradeflow_shared.manifest import point_current
-
-from . import exports
+from gradeflow_testkit import exports
 
 
 def test_load_export_verifies_both_paths(fitted: exports.Fitted) -> None:

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from gradeflow_inference.app import create_app
 from gradeflow_shared.errors import ConfigError
+from gradeflow_testkit import exports
 
-from . import exports
 from .conftest import ADMIN_TOKEN, LABELLER, LABELLER_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -1,7 +1,7 @@
 """Real exports for the inference tests: fit once with the trainer's pipeline, publish many versions.
 
-Used by the inference tests (``from . import exports``) and tests/integration/test_inference_service.py
-(``from services.inference.tests import exports``: the repository root is on sys.path under ``python -m pytest``).
+Used by the inference tests and tests/integration/test_inference_service.py (``from gradeflow_testkit import
+exports``).
 The trainer is imported here only: tests may use it, the inference package never does.
 """
 

@@ -92,4 +92,4 @@ def stop_stack(procs: list[ServiceProcess]) -> None:
 
 def print_logs(procs: list[ServiceProcess], lines: int = 150) -> None:
     for p in procs:
-        print(f"\n----- {p.name} log ({p.log_path}) -----\n{p.tail(lines)}")
+        print(f"\n----- {p.name} log ({p.log_path}) -----\n{p.tail(lines)}")  # noqa: T201

@@ -1,1 +1,0 @@
-"""Helpers for the tests (and ``make fuzz``), imported as ``tests.support.<module>``."""
