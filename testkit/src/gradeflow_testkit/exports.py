@@ -38,9 +38,11 @@ def fit_and_export(root: Path, rows: int = 400) -> Fitted:
     X, y = df[names], df[TARGET]
     seed_dir = root / "seed-models"
     exports: dict[str, Path] = {}
-    for i, (label, cand) in enumerate(
-        [("rf", ("rf", {"n_estimators": 10, "max_depth": 6})), ("ridge", ("ridge", {"alpha": 1.0}))], start=1
-    ):
+    candidates: list[tuple[str, tuple[str, dict[str, Any]]]] = [
+        ("rf", ("rf", {"n_estimators": 10, "max_depth": 6})),
+        ("ridge", ("ridge", {"alpha": 1.0})),
+    ]
+    for i, (label, cand) in enumerate(candidates, start=1):
         res = fit(X, y, COLUMNS, search=False, candidates=[cand])
         exports[label] = export_model(
             seed_dir / label,
