@@ -172,10 +172,10 @@ def test_mlflow_client_logs_in_from_the_environment(
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     with pytest.raises(MlflowException):
-        MlflowClient(url).search_registered_models()
+        MlflowClient(url, registry_uri=url).search_registered_models()
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-    client = MlflowClient(url)
+    client = MlflowClient(url, registry_uri=url)  # not a registry URI another test set globally
     client.create_registered_model("auth-check")
     assert "auth-check" in [m.name for m in client.search_registered_models()]
 
