@@ -80,7 +80,7 @@ def _running_run(mlflow_url: str, experiment: str, c: httpx.Client, job_id: str)
             runs = cl.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
             if runs:
                 return str(runs[0].info.run_id)
-        time.sleep(0.05)
+        time.sleep(0.1)
     return None
 
 
