@@ -248,3 +248,32 @@ def test_openapi_documents_the_503_of_retrain(tmp_path: Path) -> None:
     with TestClient(create_app(settings(tmp_path), registry=InMemoryRegistry())) as c:
         spec = c.get("/openapi.json").json()
     assert "503" in spec["paths"]["/retrain"]["post"]["responses"]
+
+
+# ------------------------------------------------------------------ the gate: a registry failure fails the job
+class ChampionUnreadable(InMemoryRegistry):
+    def load_model(self, version: int, tmp: Path) -> Any:
+        raise UpstreamError(f"MLflow unreachable at http://mlflow.test: reading {self.model_name} v{version}")
+
+
+def test_registry_failure_while_loading_the_champion_is_the_jobs_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    from gradeflow_shared import manifest as mf
+    from gradeflow_shared.contracts import RetrainRequest
+    from gradeflow_shared.synth import synthetic_spec
+    from gradeflow_trainer import pipeline as P
+    from gradeflow_trainer import service
+
+    spec = tmp_path / "synthetic.json"
+    spec.write_text(synthetic_spec(rows=600, seed=0).model_dump_json())
+    s = settings(tmp_path, data_dir=tmp_path / "data", dataset=str(spec), train_search=False)
+    monkeypatch.setattr(service, "fit", functools.partial(P.fit, candidates=[("ridge", {"alpha": 1.0})]))
+    reg = ChampionUnreadable()
+    assert service.train_once(s, RetrainRequest(reason="first"), registry=reg).decision.promoted
+    monkeypatch.setattr(mf, "find_export", lambda root, version: None)  # the champion must come from MLflow
+    with pytest.raises(UpstreamError, match="reading student-grade v1"):
+        service.train_once(s, RetrainRequest(reason="second"), registry=reg)
+    assert reg.versions[2].tags == {}  # no verdict recorded on an error of the registry
