@@ -277,3 +277,38 @@ def test_registry_failure_while_loading_the_champion_is_the_jobs_error(
     with pytest.raises(UpstreamError, match="reading student-grade v1"):
         service.train_once(s, RetrainRequest(reason="second"), registry=reg)
     assert reg.versions[2].tags == {}  # no verdict recorded on an error of the registry
+
+
+# ------------------------------------------------------------------ the settings really bound the client
+def test_an_mlflow_answering_500_costs_exactly_the_configured_attempts(tmp_path: Path) -> None:
+    """The client the trainer uses retries MLFLOW_HTTP_RETRIES times, then names the operation."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    class Always500(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error_code": "INTERNAL_ERROR", "message": "boom"}')
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Always500)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        s = settings(tmp_path, mlflow_tracking_uri=uri, mlflow_http_retries=1, mlflow_http_backoff=0)
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamError) as info:
+            mio.MlflowRegistry(s).version(123456)
+        assert time.monotonic() - t0 < 10
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(hits) == 2  # one request + MLFLOW_HTTP_RETRIES=1 retry (MLflow's default: 1 + 7)
+    assert info.value.message.startswith(f"MLflow at {uri} failed: reading student-grade v123456: ")
