@@ -80,6 +80,14 @@ class UpstreamError(GradeflowError):
     status_code = 502
 
 
+class ServiceUnavailable(UpstreamError):
+    """A service this one needs is down right now, so the request is refused instead of started
+    (the message names the service and its URL; retry later)."""
+
+    error_code = "UPSTREAM_UNAVAILABLE"
+    status_code = 503
+
+
 _BY_CODE: dict[str, type[GradeflowError]] = {}
 
 

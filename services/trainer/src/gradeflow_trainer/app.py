@@ -88,6 +88,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.own_training = train_fn is None  # POST /retrain probes the registry only for the real one
     install_error_handlers(app)
     install_docs(app)
     app.include_router(routes.router)

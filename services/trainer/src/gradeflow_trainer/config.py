@@ -116,6 +116,29 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
     mlflow_wait: float = Field(
         default=120.0, gt=0, description="Seconds to wait for the MLflow server at start-up (MLFLOW_WAIT)."
     )
+    mlflow_http_timeout: int = Field(
+        default=10,
+        ge=1,
+        le=600,
+        description="Seconds one HTTP request to the MLflow server may take (MLFLOW_HTTP_TIMEOUT); set as "
+        "MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT.",
+    )
+    mlflow_http_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a failed HTTP request to the MLflow server (MLFLOW_HTTP_RETRIES); set as "
+        "MLflow's MLFLOW_HTTP_REQUEST_MAX_RETRIES (MLflow's own default, 7, makes an outage take minutes "
+        "to fail a job).",
+    )
+    mlflow_http_backoff: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Backoff factor between those retries, whole seconds: waits of 0, 2x, 4x... plus up to "
+        "1 s of jitter (MLFLOW_HTTP_BACKOFF); set as MLflow's MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (an "
+        "integer for MLflow).",
+    )
 
     @property
     def ui_url(self) -> str:

@@ -8,13 +8,22 @@ deprecated). Models are logged with the **skops** format (MLflow 3's default); l
 back checks that every type skops reports as untrusted belongs to a short allow-list of
 packages (scikit-learn, numpy, scipy) before ``skops.io.load``, so no MLflow-wide "allow
 pickle" switch is needed and no arbitrary code runs from the artifact.
+
+Fail fast: MLflow's client retries a failed request 7 times with long backoffs by default, so an
+outage took minutes to fail a job. ``apply_http_settings`` bounds every request by the trainer's
+MLFLOW_HTTP_* settings; each MLflow operation raises ``UpstreamError`` naming itself and the FIRST
+failure (``mlflow_op``); a run whose job failed is ended FAILED with one bounded attempt, else at
+the next training (``OPEN_RUNS``); ``check_available`` is the cheap probe ``POST /retrain`` runs
+before accepting a job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +31,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import requests
 
 from gradeflow_shared.contracts import GateDecision, PromotionEvent
-from gradeflow_shared.errors import ExportError, NotFound, UpstreamError
+from gradeflow_shared.errors import ExportError, NotFound, ServiceUnavailable, UpstreamError
 
 from .config import TrainerSettings
 from .registry import ALIAS, EXPORT_ARTIFACTS, TAG_MAX, Registered, RunRecord, VersionInfo
@@ -32,12 +42,35 @@ from .registry import ALIAS, EXPORT_ARTIFACTS, TAG_MAX, Registered, RunRecord, V
 logger = logging.getLogger(__name__)
 
 TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
+PROBE_TIMEOUT = 2.0  # seconds per request of the availability probe
+PROBE_TTL = 5.0  # seconds a probe's verdict is reused
+OPEN_RUNS = "mlflow_open_runs.json"  # runs of failed jobs not ended yet (trainer's service folder)
+
+
+def http_env(settings: TrainerSettings) -> dict[str, str]:
+    """MLflow's own variables bounding each of its HTTP requests, from the trainer's settings."""
+    return {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_http_timeout),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(settings.mlflow_http_backoff),
+    }
+
+
+def apply_http_settings(settings: TrainerSettings) -> None:
+    """Bound MLflow's HTTP requests (timeout, retries, backoff) by the trainer's settings.
+
+    MLflow reads these variables at every request (``rest_utils.http_request``, not at import) and
+    caches one ``requests`` session per retry configuration (``request_utils``), so setting them
+    before a client is used bounds every later request of this process.
+    """
+    os.environ.update(http_env(settings))
 
 
 def configure(settings: TrainerSettings) -> None:
-    """Point the fluent API (tracking AND registry) at the server."""
+    """Point the fluent API (tracking AND registry) at the server, with bounded HTTP requests."""
     import mlflow
 
+    apply_http_settings(settings)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in service logs
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
@@ -46,7 +79,99 @@ def configure(settings: TrainerSettings) -> None:
 def client(settings: TrainerSettings) -> Any:
     from mlflow import MlflowClient
 
+    apply_http_settings(settings)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes / contexts, outermost first."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _transport_cause(exc: BaseException) -> BaseException | None:
+    """The connection error or timeout behind ``exc`` (MLflow wraps it in MlflowException)."""
+    for e in reversed(_chain(exc)):
+        if isinstance(e, requests.ConnectionError | requests.Timeout):
+            return e
+    return None
+
+
+def _upstream(exc: Exception, what: str, uri: str | None = None) -> UpstreamError:
+    """The platform's error for a failed MLflow operation: the server, the operation, the cause."""
+    if uri is None:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    cause = _transport_cause(exc)
+    where = f"MLflow unreachable at {uri}" if cause is not None else f"MLflow at {uri} failed"
+    kind = (cause or exc).__class__.__name__
+    return UpstreamError(f"{where}: {what}: {kind}: {str(exc)[:500]}", details={"operation": what})
+
+
+@contextlib.contextmanager
+def mlflow_op(what: str, uri: str | None = None) -> Iterator[None]:
+    """A failed MLflow operation as UpstreamError naming ``what`` (the cause is kept)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as exc:
+        raise _upstream(exc, what, uri) from exc
+
+
+def _probe(uri: str) -> str | None:
+    """Why MLflow at ``uri`` cannot take a training now (None: it can): /health + one cheap call."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET /health", "/health", None),
+        ("search registered models", "/api/2.0/mlflow/registered-models/search", {"max_results": 1}),
+    ]
+    for what, endpoint, params in calls:
+        try:
+            resp = http_request(
+                creds,
+                endpoint,
+                "GET",
+                max_retries=0,
+                backoff_factor=0,
+                timeout=PROBE_TIMEOUT,
+                raise_on_status=False,
+                params=params,
+            )
+        except MlflowException as exc:
+            cause = _transport_cause(exc) or exc
+            return f"{what}: {cause.__class__.__name__}: {str(exc)[:300]}"
+        if resp.status_code != 200:
+            return f"{what}: HTTP {resp.status_code}: {resp.text[:200]}"
+    return None
+
+
+_probes: dict[str, tuple[float, str | None]] = {}
+_probes_lock = threading.Lock()
+
+
+def check_available(settings: TrainerSettings) -> None:
+    """ServiceUnavailable unless the MLflow server answers now (verdict reused for PROBE_TTL seconds)."""
+    uri = settings.mlflow_tracking_uri
+    with _probes_lock:
+        seen = _probes.get(uri)
+        if seen is None or time.monotonic() - seen[0] > PROBE_TTL:
+            seen = (time.monotonic(), _probe(uri))
+            _probes[uri] = seen
+    if seen[1] is not None:
+        raise ServiceUnavailable(
+            f"MLflow unavailable at {uri} ({seen[1]}): no training started; retry when MLflow is back",
+            details={"mlflow_tracking_uri": uri},
+        )
 
 
 def wait_for_server(settings: TrainerSettings, timeout: float | None = None) -> None:
@@ -70,10 +195,6 @@ def wait_for_server(settings: TrainerSettings, timeout: float | None = None) -> 
 def _missing(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     return code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
-
-
-def _upstream(exc: Exception, what: str) -> UpstreamError:
-    return UpstreamError(f"MLflow: {what}: {exc.__class__.__name__}: {str(exc)[:500]}")
 
 
 def champion_version(cl: Any, name: str) -> int | None:
@@ -101,30 +222,19 @@ def get_version(cl: Any, name: str, version: int) -> Any:
         raise _upstream(exc, f"reading {name} v{version}") from exc
 
 
-@contextlib.contextmanager
-def _writing(what: str) -> Iterator[None]:
-    """A failed registry write as UpstreamError (the platform's error model), cause kept."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except MlflowException as exc:
-        raise _upstream(exc, what) from exc
-
-
 def set_champion(cl: Any, name: str, version: int) -> None:
-    with _writing(f"moving {name}@{ALIAS} to v{version}"):
+    with mlflow_op(f"moving {name}@{ALIAS} to v{version}"):
         cl.set_registered_model_alias(name, ALIAS, str(version))
 
 
 def set_version_tags(cl: Any, name: str, version: int, tags: dict[str, str]) -> None:
-    with _writing(f"tagging {name} v{version}"):
+    with mlflow_op(f"tagging {name} v{version}"):
         for k, v in tags.items():
             cl.set_model_version_tag(name, str(version), k, v[:TAG_MAX])
 
 
 def set_model_tag(cl: Any, name: str, key: str, value: str) -> None:
-    with _writing(f"tagging registered model {name}"):
+    with mlflow_op(f"tagging registered model {name}"):
         cl.set_registered_model_tag(name, key, value[:TAG_MAX])
 
 
@@ -241,45 +351,119 @@ class MlflowRegistry:
         self.model_name = settings.model_name
         self.client = client(settings)
 
+    def _open_runs_file(self) -> Path:
+        return self.settings.service_dir("trainer") / OPEN_RUNS
+
+    def open_runs(self) -> list[str]:
+        """Runs of failed jobs that could not be ended FAILED yet (MLflow was down)."""
+        try:
+            data = json.loads(self._open_runs_file().read_text())
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            logger.warning("ignoring unreadable %s", self._open_runs_file())
+            return []
+        return [str(r) for r in data] if isinstance(data, list) else []
+
+    def _keep_open_runs(self, run_ids: list[str]) -> None:
+        path = self._open_runs_file()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(sorted(set(run_ids))))
+        os.replace(tmp, path)
+
+    def end_open_runs(self) -> None:
+        """End FAILED the runs earlier failed jobs left open (UpstreamError while MLflow is still down)."""
+        left = self.open_runs()
+        for run_id in list(left):
+            with mlflow_op(f"end run {run_id} of an earlier failed job", self.settings.mlflow_tracking_uri):
+                self.client.set_terminated(run_id, "FAILED")
+            left.remove(run_id)
+            self._keep_open_runs(left)
+            logger.info("MLflow run %s of an earlier failed job ended FAILED", run_id)
+
+    def _abandon_run(self, run_id: str) -> None:
+        """End the run of a failing job FAILED: one bounded attempt; when MLflow does not answer, the
+        run is kept in OPEN_RUNS and ended by the next training, and the job keeps its first error."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(status="FAILED")  # pops the fluent run stack before its one bounded request
+            else:
+                self.client.set_terminated(run_id, "FAILED")
+        except (MlflowException, requests.RequestException) as exc:
+            self._keep_open_runs([*self.open_runs(), run_id])
+            logger.warning(
+                "MLflow run %s not ended (%s: %s); the next training ends it FAILED",
+                run_id,
+                exc.__class__.__name__,
+                str(exc)[:300],
+            )
+        else:
+            logger.info("MLflow run %s ended FAILED", run_id)
+
     def log_candidate(self, record: RunRecord) -> Registered:
         import mlflow
         from mlflow.data.pandas_dataset import from_pandas
         from mlflow.models import infer_signature
 
-        mlflow.set_experiment(self.settings.experiment_name)
-        with mlflow.start_run(run_name=record.run_name) as run:
-            mlflow.set_tags(record.tags)
-            mlflow.log_params(record.params)
-            mlflow.log_metrics(record.metrics)
-            if record.cv_rmse:
-                mlflow.log_metric("cv_rmse_best", min(record.cv_rmse.values()))
-                mlflow.log_dict(record.cv_rmse, "search/cv_rmse.json")
-            for item in record.inputs:
-                src: dict[str, Any] = {"source": item.source} if item.source else {}
-                mlflow.log_input(
-                    from_pandas(item.frame, **src, targets=record.target, name=item.name),
-                    context=item.context,
-                )
-            _log_plots(record.y_holdout, record.pred_holdout)
-            mlflow.log_artifacts(str(record.artifacts_dir), artifact_path=EXPORT_ARTIFACTS)
+        uri = self.settings.mlflow_tracking_uri
+        self.end_open_runs()
+        with mlflow_op(f"set experiment {self.settings.experiment_name}", uri):
+            mlflow.set_experiment(self.settings.experiment_name)
+        with mlflow_op("start run", uri):
+            run_id = mlflow.start_run(run_name=record.run_name).info.run_id
+        try:
+            with mlflow_op("log run tags, params and metrics", uri):
+                mlflow.set_tags(record.tags)
+                mlflow.log_params(record.params)
+                mlflow.log_metrics(record.metrics)
+                if record.cv_rmse:
+                    mlflow.log_metric("cv_rmse_best", min(record.cv_rmse.values()))
+                    mlflow.log_dict(record.cv_rmse, "search/cv_rmse.json")
+            with mlflow_op("log run inputs", uri):
+                for item in record.inputs:
+                    src: dict[str, Any] = {"source": item.source} if item.source else {}
+                    mlflow.log_input(
+                        from_pandas(item.frame, **src, targets=record.target, name=item.name),
+                        context=item.context,
+                    )
+            with mlflow_op("log plots", uri):
+                _log_plots(record.y_holdout, record.pred_holdout)
+            with mlflow_op("log export artifacts", uri):
+                mlflow.log_artifacts(str(record.artifacts_dir), artifact_path=EXPORT_ARTIFACTS)
             sample = record.input_example.head(50)
-            info = mlflow.sklearn.log_model(
-                record.pipeline,
-                name="model",
-                registered_model_name=self.model_name,
-                signature=infer_signature(sample, record.pipeline.predict(sample)),
-                input_example=record.input_example.head(3),
-                serialization_format="skops",
-                skops_trusted_types=skops_trusted_types(record.pipeline),
-            )
-        return Registered(
-            run_id=run.info.run_id, version=int(info.registered_model_version), model_uri=info.model_uri
-        )
+            with mlflow_op(f"log and register model {self.model_name}", uri):
+                info = mlflow.sklearn.log_model(
+                    record.pipeline,
+                    name="model",
+                    registered_model_name=self.model_name,
+                    signature=infer_signature(sample, record.pipeline.predict(sample)),
+                    input_example=record.input_example.head(3),
+                    serialization_format="skops",
+                    skops_trusted_types=skops_trusted_types(record.pipeline),
+                )
+        except BaseException:
+            self._abandon_run(run_id)
+            raise
+        try:
+            with mlflow_op(f"end run {run_id}", uri):
+                mlflow.end_run()  # the run leaves the fluent stack even when this fails
+        except UpstreamError:
+            self._keep_open_runs([*self.open_runs(), run_id])
+            raise
+        return Registered(run_id=run_id, version=int(info.registered_model_version), model_uri=info.model_uri)
 
     def record_run_decision(self, run_id: str, decision: GateDecision) -> None:
-        self.client.set_tag(run_id, "gate.promoted", str(decision.promoted).lower())
-        self.client.set_tag(run_id, "gate.reason", decision.reason[: TAG_MAX - 100])
-        self.client.log_dict(run_id, decision.model_dump(mode="json"), "gate/decision.json")
+        with mlflow_op(f"record the gate decision on run {run_id}", self.settings.mlflow_tracking_uri):
+            self.client.set_tag(run_id, "gate.promoted", str(decision.promoted).lower())
+            self.client.set_tag(run_id, "gate.reason", decision.reason[: TAG_MAX - 100])
+            self.client.log_dict(run_id, decision.model_dump(mode="json"), "gate/decision.json")
+
+    def check_available(self) -> None:
+        check_available(self.settings)
 
     def champion_version(self) -> int | None:
         return champion_version(self.client, self.model_name)

@@ -109,6 +109,10 @@ class Registry(Protocol):
 
     def run_url(self, run_id: str) -> str: ...
 
+    def check_available(self) -> None:
+        """ServiceUnavailable (503) when the registry cannot take a training now (a cheap probe)."""
+        ...
+
 
 @dataclass
 class _Version:
@@ -200,3 +204,6 @@ class InMemoryRegistry:
 
     def run_url(self, run_id: str) -> str:
         return f"memory:/runs/{run_id}"
+
+    def check_available(self) -> None:
+        return None

@@ -68,6 +68,8 @@ _WHY = {
     422: "An input is invalid; the message names the field and the rule.",
     500: "The export of the model failed its checks; the previous export keeps serving.",
     502: "The MLflow server could not be reached or answered an error.",
+    503: "The MLflow server is down right now (the message names its URL): nothing was started or "
+    "joined; retry later.",
 }
 
 
@@ -93,6 +95,14 @@ def runner_dep(request: Request) -> JobRunner:
 def registry_dep(request: Request) -> Registry:
     """The registry given to ``create_app`` (tests), else the MLflow server's."""
     return request.app.state.registry or service.mlflow_registry(request.app.state.settings)
+
+
+def require_registry_up(request: Request) -> None:
+    """503 (ServiceUnavailable) while the registry the training writes to is down, so a trigger is
+    refused instead of starting or joining a job that would fail (skipped for an injected
+    ``train_fn``: that training needs no registry)."""
+    if request.app.state.own_training:
+        registry_dep(request).check_available()
 
 
 def require_admin(
@@ -135,13 +145,14 @@ def health(settings: Settings, runner: Runner) -> Health:
     summary="Start a training job (admin)",
     description="Queues a training on the base data plus the labelled production rows; the gate decides "
     "the promotion. While a job is queued or running, a new trigger is coalesced into it (200, that job) "
-    "instead of queueing another.",
+    "instead of queueing another. While the MLflow server does not answer (a probe of a few seconds, "
+    "cached briefly), the trigger is refused with 503 and no job is started or joined.",
     response_model=Job,
     status_code=202,
-    dependencies=Admin,
+    dependencies=[*Admin, Depends(require_registry_up)],
     responses={
         200: {"model": Job, "description": "Coalesced: the job already in flight."},
-        **errors(401, 422),
+        **errors(401, 422, 503),
     },
 )
 def retrain(runner: Runner, response: Response, body: RetrainRequest | None = None) -> Job:

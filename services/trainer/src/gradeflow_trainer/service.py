@@ -437,6 +437,8 @@ def judge(
             with tempfile.TemporaryDirectory(prefix="gradeflow-champion-") as tmpd:
                 champ_pipe = _champion_pipeline(settings, registry, champ, Path(tmpd))
                 champ_metrics = _eval_sets(champ_pipe, sets)
+        except UpstreamError:
+            raise  # the registry failing is the job's (first) error, not a verdict on the champion
         except (GradeflowError, ValueError, KeyError) as exc:
             msg = exc.message if isinstance(exc, GradeflowError) else f"{exc.__class__.__name__}: {exc}"
             logger.error("champion v%d cannot be evaluated on this data: %s", champ, msg)
