@@ -13,11 +13,11 @@ a process killed hard (SIGKILL, OOM) loses the rows queued or being written: tho
 (``ledger``: ``inference_log_lost_on_crash_total``, ``log_lost_on_crash`` in ``/health``).
 
 Durable acknowledgement (``LOG_DURABLE_ACK=true``): ``submit_acked`` queues the row and the request waits
-until the writer thread has committed it. Group commit: each request wakes the writer, which commits
-everything queued at that moment in one transaction and then releases every request of that commit with
-one ``call_soon_threadsafe`` per event loop; requests arriving meanwhile form the next commit. No commit
-per request. A row that cannot be queued (queue full, stopping) or committed within ``ack_timeout`` gets a
-503 instead of an answer. Durable against a crash of the process; against power loss only as far as the
+until the writer thread has committed it. Group commit: the requests of one event-loop turn wake the
+writer once (``call_soon``); it commits everything queued at that moment in one transaction and then
+releases every request of that commit with one ``call_soon_threadsafe`` per event loop; requests arriving
+meanwhile form the next commit. No commit per request. A row that cannot be queued (queue full,
+stopping) or committed within ``ack_timeout`` gets a 503 instead of an answer. Durable against a crash of the process; against power loss only as far as the
 database makes its commits durable (SQLite here runs WAL with ``synchronous=NORMAL``: the last commits
 before a power cut may be lost; PostgreSQL: ``synchronous_commit``).
 """
@@ -73,6 +73,7 @@ class LogWriter:
         self._batches_in = 0  # batches ever accepted (sequence of the next one)
         self._batches_done = 0  # batches ever committed or dropped by the writer, in queue order
         self._waiters: deque[tuple[int, asyncio.Future[bool | None]]] = deque()  # (batch seq, future)
+        self._kick_pending = False
 
     # ------------------------------------------------------------------ request path
     def submit(self, batch: LogBatch) -> bool:
@@ -96,14 +97,24 @@ class LogWriter:
     def submit_acked(self, batch: LogBatch) -> asyncio.Future[bool | None] | None:
         """Queue ``batch`` and wake the writer; the future (of the running loop) becomes True once the row
         is committed, False if it was dropped. None: not queued (queue full or stopping; counted dropped)."""
-        fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool | None] = loop.create_future()
         with self._cond:
             seq = self._batches_in
             if not self.submit(batch):  # re-entrant: a Condition's default lock is an RLock
                 return None
             self._waiters.append((seq, fut))
-            self._cond.notify()
+        if not self._kick_pending:
+            # wake the writer once per event-loop turn, after every request handled in this turn has queued
+            # its row: they share one commit
+            self._kick_pending = True
+            loop.call_soon(self._kick)
         return fut
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        with self._cond:
+            self._cond.notify()
 
     async def acked(self, batch: LogBatch) -> None:
         """Queue ``batch`` and return once its row is committed (LogUnavailable, 503, otherwise)."""
