@@ -3,8 +3,6 @@ the champion marker (``champion.json``) compared with the export served (real ex
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +15,7 @@ from gradeflow_inference.model import ModelManager
 from gradeflow_shared import manifest as mf
 
 from . import exports
+from .test_api import wait_for
 
 
 def _volume(tmp_path: Path, fitted: exports.Fitted, good: int = 4) -> tuple[Path, Path, bytes]:
@@ -97,43 +96,6 @@ def test_refused_export_retried_after_repair(tmp_path: Path, fitted: exports.Fit
     assert mgr.status()["fallback"] is False
 
 
-def test_refused_export_retried_when_current_is_repointed(tmp_path: Path, fitted: exports.Fitted) -> None:
-    d = tmp_path / "models"
-    exports.republish(d, fitted.exports["rf"], 1)
-    mgr = ModelManager(d)
-    mgr.check_once()
-    assert mgr.current is not None and mgr.current.version == 1
-    bad = exports.publish_corrupt(d, fitted.exports["ridge"], 2, how="sha")
-    mgr.check_once()
-    first = mgr.last_attempt
-    assert first is not None and not first.ok and mgr.current.version == 1
-    mgr.check_once()
-    assert mgr.last_attempt is first  # unchanged: not retried in a loop
-    time.sleep(0.01)
-    mf.point_current(d, bad, version=2)  # the same version promoted again: retried (and refused again)
-    mgr.check_once()
-    again = mgr.last_attempt
-    assert again is not first and again is not None and again.version == 2 and not again.ok
-    assert mgr.current.version == 1
-    # the repair of the model file (a new inode via rename, manifest untouched) is noticed as well
-    src = fitted.exports["ridge"] / mf.MODEL_FILE
-    tmp = bad / ".repair"
-    tmp.write_bytes(src.read_bytes())
-    os.replace(tmp, bad / mf.MODEL_FILE)
-    mgr.check_once()
-    assert mgr.current.version == 2 and mgr.current.fallback_reason is None
-
-
-def _wait(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_fallback_and_marker_on_the_api(
     tmp_path: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
 ) -> None:
@@ -152,7 +114,7 @@ def test_fallback_and_marker_on_the_api(
         assert c.post("/predict", json=fitted.records[0]).json()["model_version"] == 2
         # the registry says v1 is champion: inconsistent, surfaced on /ready, /health and /model
         _marker(d, 1, "run-rf")
-        h = _wait(lambda: (lambda j: j if j["consistent"] is False else None)(c.get("/health").json()))
+        h = wait_for(lambda: (lambda j: j if j["consistent"] is False else None)(c.get("/health").json()))
         assert (h["model_version"], h["model_run_id"]) == (2, "run-ridge")
         assert (h["champion_version"], h["champion_run_id"]) == (1, "run-rf")
         r = c.get("/ready")
@@ -162,7 +124,7 @@ def test_fallback_and_marker_on_the_api(
         # repaired current (v3, a copy of rf with run id run-rf) and a marker that names it: one truth
         (broken / mf.ONNX_FILE).write_bytes(data)
         _marker(d, 3, "run-rf")
-        j = _wait(
+        j = wait_for(
             lambda: (lambda j: j if j["model_version"] == 3 and j["consistent"] else None)(
                 c.get("/ready").json()
             )

@@ -88,7 +88,7 @@ class LogWriter:
             self._pending += n
             self._accepted += n
             self._batches_in += 1
-            if self.ledger is not None:
+            if self.ledger is not None and self._accepted > self.ledger.reserved:
                 self.ledger.reserve(self._accepted)
             if self._pending >= self.batch_size:
                 self._cond.notify()

@@ -47,6 +47,18 @@ def get_model(state: StateDep) -> dict[str, Any]:
     }
 
 
+def _truth(st: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``ModelManager.status()`` that /health and /ready both show."""
+    champion = st["champion"] or {}
+    return {
+        "fallback": st["fallback"],
+        "consistent": st["consistent"],
+        "champion_version": champion.get("version"),
+        "champion_run_id": champion.get("run_id"),
+        "warnings": st["warnings"],
+    }
+
+
 @router.get("/health", summary="Alive")
 def health(state: StateDep) -> dict[str, Any]:
     model = state.manager.current
@@ -58,11 +70,7 @@ def health(state: StateDep) -> dict[str, Any]:
         "model_loaded": model is not None,
         "model_version": model.version if model else None,
         "model_run_id": st["serving_run_id"],
-        "fallback": st["fallback"],
-        "consistent": st["consistent"],
-        "champion_version": st["champion"]["version"] if st["champion"] else None,
-        "champion_run_id": st["champion"]["run_id"] if st["champion"] else None,
-        "warnings": st["warnings"],
+        **_truth(st),
         "log_queue_depth": s["queue_depth"],
         "log_dropped": s["dropped"],
         "log_lost_on_crash": s["lost_on_crash"],
@@ -88,12 +96,8 @@ def ready(state: StateDep) -> JSONResponse:
             "status": "ready",
             "model_version": model.version,
             "run_id": st["serving_run_id"],
-            "fallback": st["fallback"],
             "reason": st["reason"],
-            "consistent": st["consistent"],
-            "champion_version": st["champion"]["version"] if st["champion"] else None,
-            "champion_run_id": st["champion"]["run_id"] if st["champion"] else None,
-            "warnings": st["warnings"],
+            **_truth(st),
         }
     )
 
