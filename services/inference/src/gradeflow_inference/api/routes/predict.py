@@ -32,8 +32,8 @@ outside the manifest's bounds -> 422 naming the field, the rule and (batches) th
 Categories not seen in training are accepted and predicted through the encoder's unknown handling
 (counted in `inference_unseen_categories_total`). `null` is accepted for nullable features (imputed).
 503 while no model export is loaded (and, with LOG_DURABLE_ACK, when the prediction log cannot commit the
-row). The body must be `Content-Type: application/json` (else 415) and
-at most MAX_BODY_BYTES long (else 413); a categorical value at most MAX_STRING_LENGTH characters.
+row). The body must be `Content-Type: application/json` (else 415) and at most MAX_BODY_BYTES long
+(else 413); a categorical value at most MAX_STRING_LENGTH characters.
 """
 
 
