@@ -91,3 +91,23 @@ def test_find_export_and_bad_manifest(tmp_path: Path) -> None:
     (d / mf.MANIFEST_FILE).write_text("{not json")
     with pytest.raises(ExportError, match="unreadable"):
         mf.read_manifest(d)
+
+
+def test_champion_marker_roundtrip_and_errors(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    assert mf.read_champion_marker(tmp_path) is None
+    at = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+    mf.write_champion_marker(tmp_path, mf.ChampionMarker(model_name="m", version=3, run_id="run3", at=at))
+    m = mf.read_champion_marker(tmp_path)
+    assert m is not None and (m.model_name, m.version, m.run_id, m.alias, m.at) == (
+        "m",
+        3,
+        "run3",
+        "champion",
+        at,
+    )
+    assert [p.name for p in tmp_path.iterdir()] == [mf.CHAMPION_FILE]  # no temp file left behind
+    (tmp_path / mf.CHAMPION_FILE).write_text('{"version": "three"}')
+    with pytest.raises(ExportError, match="unreadable champion.json"):
+        mf.read_champion_marker(tmp_path)

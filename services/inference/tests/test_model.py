@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from gradeflow_inference.model import (
 )
 from gradeflow_inference.schema import Batch
 from gradeflow_shared.errors import ExportError
-from gradeflow_shared.manifest import point_current
+from gradeflow_shared.manifest import MODEL_FILE, point_current
 from gradeflow_testkit import exports
 
 
@@ -56,7 +57,7 @@ def test_manager_keeps_old_model_on_bad_export(tmp_path: Path, fitted: exports.F
     mgr.check_once()
     assert mgr.current is not None and mgr.current.version == 1
     good = mgr.current
-    exports.publish_corrupt(d, fitted.exports["ridge"], 2, how="sha")
+    bad = exports.publish_corrupt(d, fitted.exports["ridge"], 2, how="sha")
     mgr.check_once()
     assert mgr.current is good
     assert (
@@ -68,6 +69,19 @@ def test_manager_keeps_old_model_on_bad_export(tmp_path: Path, fitted: exports.F
     first = mgr.last_attempt
     mgr.check_once()
     assert mgr.last_attempt is first
+    # the same version promoted again (current re-pointed to the same folder): retried, refused again
+    time.sleep(0.01)
+    point_current(d, bad, version=2)
+    mgr.check_once()
+    again = mgr.last_attempt
+    assert again is not first and again is not None and again.version == 2 and not again.ok
+    assert mgr.current is good
+    # the model file repaired (replaced by rename; the manifest untouched): retried and served
+    tmp = bad / ".repair"
+    tmp.write_bytes((fitted.exports["ridge"] / MODEL_FILE).read_bytes())
+    os.replace(tmp, bad / MODEL_FILE)
+    mgr.check_once()
+    assert mgr.current.version == 2 and mgr.current.fallback_reason is None
     # a good export afterwards is taken; pointing back to the old directory (rollback) works too
     new = exports.republish(d, fitted.exports["ridge"], 3)
     mgr.check_once()

@@ -43,6 +43,7 @@ REFERENCE_FILE = "reference.csv"
 CURRENT = "current"
 VERSIONS = "versions"
 HISTORY = "history.jsonl"
+CHAMPION_FILE = "champion.json"
 FORMAT_VERSION = 1
 # The export contract's placeholder for a missing categorical value: the trainer's imputer fills it, the ONNX
 # feed carries it for a missing string, and a reference sample may hold it for a missing value.
@@ -94,6 +95,51 @@ class Manifest(BaseModel):
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+
+class ChampionMarker(BaseModel):
+    """``MODEL_DIR/champion.json``: what the registry says is champion, written by the trainer after every
+    promotion, rollback and reconcile (atomically, ``write_champion_marker``). Inference compares the export
+    it serves with it."""
+
+    model_name: str
+    version: int
+    run_id: str
+    alias: str = "champion"
+    at: datetime
+
+
+def read_champion_marker(model_dir: Path) -> ChampionMarker | None:
+    """The champion marker of ``model_dir``; None when there is none, ExportError when it is unreadable."""
+    path = Path(model_dir) / CHAMPION_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ExportError(f"unreadable {CHAMPION_FILE} in {model_dir}: {exc}") from exc
+    try:
+        return ChampionMarker.model_validate_json(raw)
+    except ValueError as exc:
+        raise ExportError(f"unreadable {CHAMPION_FILE} in {model_dir}: {exc}") from exc
+
+
+def write_champion_marker(model_dir: Path, marker: ChampionMarker) -> None:
+    """Write ``champion.json`` atomically: a temp file, fsync, ``os.replace``, fsync of the folder."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".{CHAMPION_FILE}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(marker.model_dump_json(indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, model_dir / CHAMPION_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(model_dir)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -79,6 +79,13 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
         description="On shutdown, seconds to keep trying to write queued rows before counting them dropped "
         "(LOG_SHUTDOWN_TIMEOUT).",
     )
+    log_durable_ack: bool = Field(
+        default=False,
+        description="Answer a prediction only once its log row is committed (LOG_DURABLE_ACK): a kill of the "
+        "process then loses no answered prediction; concurrent requests share one commit (group commit). "
+        "Off: answered once queued; a hard kill loses the rows of the last LOG_FLUSH_INTERVAL, counted on the "
+        "next start (inference_log_lost_on_crash_total).",
+    )
     max_batch_records: int = Field(
         default=10_000,
         ge=1,

@@ -46,6 +46,12 @@ class _LogCollector:
         yield CounterMetricFamily(
             "inference_log_written", "Prediction log rows written", value=s.get("written", 0)
         )
+        yield CounterMetricFamily(
+            "inference_log_lost_on_crash",
+            "Prediction log rows queued by a process that was killed before writing them (counted at start "
+            "from the crash ledger; an upper bound)",
+            value=s.get("lost_on_crash", 0),
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []

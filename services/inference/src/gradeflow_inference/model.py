@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,17 @@ from typing import Any
 import numpy as np
 
 from gradeflow_shared.errors import ExportError
-from gradeflow_shared.manifest import Manifest, read_manifest, read_reference_records, verify_files
+from gradeflow_shared.manifest import (
+    CHAMPION_FILE,
+    CURRENT,
+    ChampionMarker,
+    Manifest,
+    list_exports,
+    read_champion_marker,
+    read_manifest,
+    read_reference_records,
+    verify_files,
+)
 
 from .schema import DEFAULT_MAX_STRING_LENGTH, Batch, RecordValidator, object_column
 
@@ -48,6 +59,7 @@ class LoadedModel:
     sklearn_threshold: float  # batches with n >= this go to sklearn (inf: never)
     loaded_at: datetime
     verified: dict[str, Any]
+    fallback_reason: str | None = None  # set when served in place of the export ``current`` points to
 
     @property
     def version(self) -> int:
@@ -88,6 +100,8 @@ class LoadedModel:
                 else self.sklearn_threshold,
             },
             "verification": self.verified,
+            "fallback": self.fallback_reason is not None,
+            "reason": self.fallback_reason,
         }
 
 
@@ -320,8 +334,114 @@ class ReloadAttempt:
         }
 
 
+def export_identity(export_dir: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """Content identity of an export folder: (name, size, mtime_ns, inode) of every file in it.
+
+    A refused export is retried when this changes: a file repaired in place or replaced, a file added."""
+    out = []
+    try:
+        with os.scandir(export_dir) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=True)
+                out.append((e.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    except OSError:
+        return ()
+    return tuple(sorted(out))
+
+
+def link_identity(link: Path) -> tuple[str, int, int] | None:
+    """(target, inode, mtime_ns) of the ``current`` symlink itself: re-pointing it, even to the same
+    folder, makes a new link (``point_current`` renames a fresh symlink over it) and so a new identity."""
+    try:
+        st = os.lstat(link)
+        return os.readlink(link), st.st_ino, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+def fallback_candidates(
+    model_dir: Path, exclude: Path | None, marker: ChampionMarker | None
+) -> list[tuple[Path, Manifest, str]]:
+    """Exports to serve when nothing is loaded and ``current`` cannot be, best first, with why each one.
+
+    With a champion marker: the exports of the marker's version and run id (newest folder first), then the
+    exports of OLDER versions (newest first); never a version newer than the marker's (rolled back or never
+    promoted). Without a marker: every export, newest version first."""
+    items: list[tuple[Path, Manifest]] = []
+    for p in list_exports(model_dir):
+        rp = p.resolve()
+        if exclude is not None and rp == exclude:
+            continue
+        try:
+            items.append((rp, read_manifest(rp)))
+        except ExportError:
+            continue
+    items.sort(key=lambda pm: (pm[1].version, pm[0].name), reverse=True)
+    if marker is None:
+        why = f"the newest valid export; no {CHAMPION_FILE} to check it against"
+        return [(p, m, why) for p, m in items]
+    champ = [
+        (p, m, f"the champion of {CHAMPION_FILE}")
+        for p, m in items
+        if m.version == marker.version and m.run_id == marker.run_id
+    ]
+    older = [
+        (
+            p,
+            m,
+            f"no valid export of the champion v{marker.version} (run {marker.run_id}) of {CHAMPION_FILE}; "
+            "the newest valid older export",
+        )
+        for p, m in items
+        if m.version < marker.version
+    ]
+    return champ + older
+
+
+def serving_status(
+    model: LoadedModel | None, marker: ChampionMarker | None, marker_error: str | None
+) -> dict[str, Any]:
+    """What is served vs what the registry's champion marker says (GET /model, /ready, /health).
+
+    ``consistent`` is False when ``champion.json`` exists and names another version or run id than the
+    export being served; ``warnings`` says why in words (also for a fallback and an unreadable marker)."""
+    warnings: list[str] = []
+    consistent = True
+    if model is not None and model.fallback_reason:
+        warnings.append(f"fallback: {model.fallback_reason}")
+    if marker_error:
+        warnings.append(marker_error)
+    if (
+        model is not None
+        and marker is not None
+        and (model.version, model.manifest.run_id) != (marker.version, marker.run_id)
+    ):
+        consistent = False
+        warnings.append(
+            f"inconsistent: serving v{model.version} (run {model.manifest.run_id}) but {CHAMPION_FILE} "
+            f"says the champion is v{marker.version} (run {marker.run_id})"
+        )
+    return {
+        "serving_version": model.version if model else None,
+        "serving_run_id": model.manifest.run_id if model else None,
+        "fallback": bool(model is not None and model.fallback_reason),
+        "reason": model.fallback_reason if model is not None else None,
+        "consistent": consistent,
+        "champion": marker.model_dump(mode="json") if marker is not None else None,
+        "warnings": warnings,
+    }
+
+
 class ModelManager:
-    """Holds the serving model (one reference) and the watcher thread that hot-reloads it."""
+    """Holds the serving model (one reference) and the watcher thread that hot-reloads it.
+
+    Self-repair: an export ``current`` points to that cannot be loaded is refused (the old model keeps
+    serving) and retried as soon as its content identity changes (size, mtime and inode of every file of
+    the folder) or ``current`` is re-pointed, even to the same folder. With nothing loaded (start-up) the
+    manager falls back to the best valid export on disk (``fallback_candidates``) and says so
+    (``LoadedModel.fallback_reason``); once ``current`` loads, it serves that. The champion marker
+    (``champion.json``) is re-read on the same poll when its stat changes.
+    """
 
     def __init__(
         self,
@@ -343,20 +463,26 @@ class ModelManager:
         self.on_reload = on_reload  # callable(ok: bool) for metrics
         self.current: LoadedModel | None = None
         self.last_attempt: ReloadAttempt | None = None
-        self._refused: dict[str, float] = {}  # export dir -> manifest mtime when refused
+        self.marker: ChampionMarker | None = None
+        self.marker_error: str | None = None
+        self._marker_key: Any = None
+        # export dir -> (identity when refused, why, version): not retried while the identity is the same
+        self._refused: dict[str, tuple[Any, str, int | None]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._needs_sklearn = False
 
-    # -- loading
-    def _export_key(self, export_dir: Path) -> float:
-        try:
-            return (export_dir / "manifest.json").stat().st_mtime
-        except OSError:
-            return -1.0
+    def status(self) -> dict[str, Any]:
+        return serving_status(self.current, self.marker, self.marker_error)
 
-    def try_load(self, export_dir: Path, *, fast: bool = False) -> bool:
-        """Load and verify ``export_dir``; swap it in on success. Never raises for a bad export."""
+    # -- loading
+    def try_load(
+        self, export_dir: Path, *, fast: bool = False, key: Any = None, fallback_reason: str | None = None
+    ) -> bool:
+        """Load and verify ``export_dir``; swap it in on success. Never raises for a bad export.
+
+        ``key``: the identity remembered when it is refused; ``fallback_reason``: set when this export is
+        served in place of the one ``current`` points to."""
         version: int | None = None
         try:
             try:
@@ -372,29 +498,38 @@ class ModelManager:
                 max_string_length=self.max_string_length,
             )
         except ExportError as exc:
-            self._refuse(export_dir, version, str(exc))
+            self._refuse(export_dir, version, str(exc), key)
             return False
         except Exception as exc:  # noqa: BLE001 - any failure refuses the export, the old model keeps serving
-            self._refuse(export_dir, version, f"{exc.__class__.__name__}: {exc}")
+            self._refuse(export_dir, version, f"{exc.__class__.__name__}: {exc}", key)
             return False
+        if fallback_reason:
+            model = dataclasses.replace(model, fallback_reason=fallback_reason)
         old = self.current
         self.current = model  # the swap: one reference assignment
+        self._refused.pop(str(export_dir), None)
         self._needs_sklearn = fast and model.onnx is not None and self.predict_path != "onnx"
         self.last_attempt = ReloadAttempt(datetime.now(UTC), str(export_dir), model.version, True)
-        logger.info(
-            "serving model %s version %s from %s (was %s; verified in %.2fs)",
+        logger.log(
+            logging.WARNING if fallback_reason else logging.INFO,
+            "serving model %s version %s from %s (was %s; verified in %.2fs)%s",
             model.manifest.model_name,
             model.version,
             export_dir,
             old.version if old else None,
             model.verified.get("seconds", 0.0),
+            f" as a FALLBACK: {fallback_reason}" if fallback_reason else "",
         )
         if self.on_reload:
             self.on_reload(True)
         return True
 
-    def _refuse(self, export_dir: Path, version: int | None, reason: str) -> None:
-        self._refused[str(export_dir)] = self._export_key(export_dir)
+    def _refuse(self, export_dir: Path, version: int | None, reason: str, key: Any) -> None:
+        self._refused[str(export_dir)] = (
+            key if key is not None else (None, export_identity(export_dir)),
+            reason,
+            version,
+        )
         self.last_attempt = ReloadAttempt(datetime.now(UTC), str(export_dir), version, False, reason)
         logger.error(
             "refused export %s (version %s): %s; still serving version %s",
@@ -406,23 +541,74 @@ class ModelManager:
         if self.on_reload:
             self.on_reload(False)
 
-    def check_once(self, *, fast: bool = False) -> None:
-        """Load the export ``current`` points to if it is new (and not already refused unchanged)."""
-        from gradeflow_shared.manifest import resolve_current
+    def check_marker(self) -> None:
+        """Re-read ``champion.json`` when its stat changed (a stat per poll otherwise)."""
+        path = self.model_dir / CHAMPION_FILE
+        try:
+            st = os.stat(path)
+            key: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        except OSError as exc:
+            key = ("error", str(exc))
+        if key == self._marker_key:
+            return
+        self._marker_key = key
+        try:
+            self.marker, self.marker_error = read_champion_marker(self.model_dir), None
+        except ExportError as exc:
+            self.marker, self.marker_error = None, str(exc)
+            logger.error("%s", exc)
+            return
+        if self.marker is not None:
+            logger.info(
+                "champion marker: %s v%s (run %s)",
+                self.marker.model_name,
+                self.marker.version,
+                self.marker.run_id,
+            )
 
-        export_dir = resolve_current(self.model_dir)
-        if export_dir is None:
-            return
+    def check_once(self, *, fast: bool = False) -> None:
+        """One poll: re-read the champion marker; load the export ``current`` points to if it is new (or
+        was refused and changed since); with nothing loaded and ``current`` unusable, fall back."""
+        self.check_marker()
+        link = self.model_dir / CURRENT
+        link_id = link_identity(link)
         cur = self.current
-        if cur is not None and cur.export_dir == export_dir:
-            if self._needs_sklearn:
-                self._attach_sklearn(cur)
-            return
-        key = str(export_dir)
-        if key in self._refused and self._refused[key] == self._export_key(export_dir):
-            return
-        # with nothing serving, get ready on the verified ONNX path first; scikit-learn is attached next
-        self.try_load(export_dir, fast=fast or cur is None)
+        if link_id is not None:
+            export_dir = (link.parent / link_id[0]).resolve()
+            if not export_dir.is_dir():
+                if cur is None:
+                    self._fallback(f"current points to {link_id[0]}, which is not a folder")
+            elif cur is not None and cur.export_dir == export_dir:
+                if cur.fallback_reason is not None:  # current now points to the export serving as fallback
+                    self.current = dataclasses.replace(cur, fallback_reason=None)
+                    logger.info("version %s is current again (no longer a fallback)", cur.version)
+            else:
+                key = (link_id, export_identity(export_dir))
+                refused = self._refused.get(str(export_dir))
+                if refused is None or refused[0] != key:
+                    # with nothing serving, get ready on the verified ONNX path first; scikit-learn next
+                    self.try_load(export_dir, fast=fast or cur is None, key=key)
+                if self.current is None:
+                    _, why, version = self._refused.get(str(export_dir), (None, "not loaded", None))
+                    name = f"v{version}" if version is not None else export_dir.name
+                    self._fallback(f"current {name} refused: {why}", exclude=export_dir)
+        if self._needs_sklearn and not fast and self.current is not None:
+            self._attach_sklearn(self.current)
+
+    def _fallback(self, reason: str, exclude: Path | None = None) -> bool:
+        """Serve the best valid export on disk (``fallback_candidates``); candidates refused before are
+        skipped until their files change."""
+        for export_dir, manifest, why in fallback_candidates(self.model_dir, exclude, self.marker):
+            key = (None, export_identity(export_dir))
+            refused = self._refused.get(str(export_dir))
+            if refused is not None and refused[0] == key:
+                continue
+            detail = f"{reason}; serving v{manifest.version} ({why})"
+            if self.try_load(export_dir, fast=True, key=key, fallback_reason=detail):
+                return True
+        return False
 
     def _attach_sklearn(self, cur: LoadedModel) -> None:
         self._needs_sklearn = False

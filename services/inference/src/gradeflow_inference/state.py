@@ -23,6 +23,10 @@ class ServiceState:
             queue_max=settings.log_queue_max,
             flush_interval=settings.log_flush_interval,
             shutdown_timeout=settings.log_shutdown_timeout,
+            # the crash ledger counts the rows a killed process lost (predlog.ledger); none while logging is off
+            ledger_dir=settings.service_dir("inference") / "log-ledger"
+            if settings.inference_log_enabled
+            else None,
         )
         self.metrics = Metrics(self.log_stats)
         self.manager = ModelManager(
@@ -35,6 +39,7 @@ class ServiceState:
             on_reload=self.metrics.on_reload,
         )
         self.log_enabled = settings.inference_log_enabled
+        self.durable_ack = settings.inference_log_enabled and settings.log_durable_ack
         self.max_records = settings.max_batch_records
         # the one inference thread for big batches (small ones run inline on the event loop)
         self.executor = ThreadPoolExecutor(
@@ -51,5 +56,5 @@ class ServiceState:
         attempt = self.manager.last_attempt
         msg = f"no model is loaded yet: waiting for an export at {self.manager.model_dir}/current"
         if attempt is not None and not attempt.ok:
-            msg += f" (last export refused: {attempt.error})"
+            msg += f" (last export refused: {attempt.error}; no valid export on disk to fall back to)"
         return ModelNotLoaded(msg, details={"last_reload_attempt": attempt.as_dict() if attempt else None})

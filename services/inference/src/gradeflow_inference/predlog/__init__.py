@@ -1,4 +1,5 @@
-"""The prediction log: request ids (``ids``), the SQL store (``store``) and the queue + writer thread (``writer``).
+"""The prediction log: request ids (``ids``), the SQL store (``store``), the queue + writer thread (``writer``)
+and the count of rows a crash lost (``ledger``).
 
 One database row per request (table ``prediction_batches``): the request's validated records, the
 predictions as one JSON array, the model version, time and latency. The request path only appends one

@@ -6,16 +6,33 @@ writer thread inserts them in batches through the store. Queue bound, written/dr
 counts too): when the database is slow or down, new records beyond the bound are dropped and counted
 (metric, GET /health, GET /model, a warning line), never silently. ``stop()`` drains everything that is
 queued (retrying a failing database until ``shutdown_timeout``).
+
+Crash window (``LOG_DURABLE_ACK=false``, the default): a prediction is answered once its row is QUEUED, so
+a process killed hard (SIGKILL, OOM) loses the rows queued or being written: those of the last
+``LOG_FLUSH_INTERVAL`` (0.2 s), more while the database is slow or down. They are counted on the next start
+(``ledger``: ``inference_log_lost_on_crash_total``, ``log_lost_on_crash`` in ``/health``).
+
+Durable acknowledgement (``LOG_DURABLE_ACK=true``): ``submit_acked`` queues the row and the request waits
+until the writer thread has committed it. Group commit: the requests of one event-loop turn wake the
+writer once (``call_soon``); it commits everything queued at that moment in one transaction and then
+releases every request of that commit with one ``call_soon_threadsafe`` per event loop; requests arriving
+meanwhile form the next commit. No commit per request. A row that cannot be queued (queue full,
+stopping) or committed within ``ack_timeout`` gets a 503 instead of an answer. Durable against a crash of the process; against power loss only as far as the
+database makes its commits durable (SQLite here runs WAL with ``synchronous=NORMAL``: the last commits
+before a power cut may be lost; PostgreSQL: ``synchronous_commit``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
+from .ledger import CrashLedger
 from .store import LogBatch, LogStore, LogUnavailable
 
 logger = logging.getLogger(__name__)
@@ -30,6 +47,8 @@ class LogWriter:
         queue_max: int = 100_000,
         flush_interval: float = 0.2,
         shutdown_timeout: float = 30.0,
+        ledger_dir: Path | None = None,
+        ack_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -48,6 +67,13 @@ class LogWriter:
         self._stopping = False
         self._stop_deadline = float("inf")
         self._thread: threading.Thread | None = None
+        self.ledger = CrashLedger(ledger_dir) if ledger_dir is not None else None
+        self.lost_on_crash = 0  # records a previous process acknowledged and never wrote (ledger)
+        self.ack_timeout = ack_timeout
+        self._batches_in = 0  # batches ever accepted (sequence of the next one)
+        self._batches_done = 0  # batches ever committed or dropped by the writer, in queue order
+        self._waiters: deque[tuple[int, asyncio.Future[bool | None]]] = deque()  # (batch seq, future)
+        self._kick_pending = False
 
     # ------------------------------------------------------------------ request path
     def submit(self, batch: LogBatch) -> bool:
@@ -61,9 +87,57 @@ class LogWriter:
             self._chunks.append(batch)
             self._pending += n
             self._accepted += n
+            self._batches_in += 1
+            if self.ledger is not None and self._accepted > self.ledger.reserved:
+                self.ledger.reserve(self._accepted)
             if self._pending >= self.batch_size:
                 self._cond.notify()
         return True
+
+    def submit_acked(self, batch: LogBatch) -> asyncio.Future[bool | None] | None:
+        """Queue ``batch`` and wake the writer; the future (of the running loop) becomes True once the row
+        is committed, False if it was dropped. None: not queued (queue full or stopping; counted dropped)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool | None] = loop.create_future()
+        with self._cond:
+            seq = self._batches_in
+            if not self.submit(batch):  # re-entrant: a Condition's default lock is an RLock
+                return None
+            self._waiters.append((seq, fut))
+        if not self._kick_pending:
+            # wake the writer once per event-loop turn, after every request handled in this turn has queued
+            # its row: they share one commit
+            self._kick_pending = True
+            loop.call_soon(self._kick)
+        return fut
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        with self._cond:
+            self._cond.notify()
+
+    async def acked(self, batch: LogBatch) -> None:
+        """Queue ``batch`` and return once its row is committed (LogUnavailable, 503, otherwise)."""
+        fut = self.submit_acked(batch)
+        if fut is None:
+            raise LogUnavailable(
+                "the prediction could not be logged (log queue full or shutting down) and is not acknowledged "
+                f"(LOG_DURABLE_ACK); database error: {self.error}"
+            )
+        timer = asyncio.get_running_loop().call_later(self.ack_timeout, _resolve, (fut,), None)
+        try:
+            ok = await fut
+        finally:
+            timer.cancel()
+        if not ok:
+            raise LogUnavailable(
+                f"the prediction log did not commit this prediction within {self.ack_timeout:g}s "
+                f"(database error: {self.error}); it is not acknowledged (LOG_DURABLE_ACK) and may or may "
+                "not be logged later"
+                if ok is None
+                else "the prediction was dropped by the log (shutdown while the database fails) and is not "
+                "acknowledged (LOG_DURABLE_ACK)"
+            )
 
     def _maybe_log_drop(self, n: int) -> None:
         now = time.monotonic()
@@ -87,6 +161,9 @@ class LogWriter:
 
     # ------------------------------------------------------------------ writer thread
     def start(self) -> None:
+        """Count the rows lost by crashed predecessors (ledger), then start the writer thread."""
+        if self.ledger is not None:
+            self.lost_on_crash += self.ledger.open()
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
@@ -123,19 +200,20 @@ class LogWriter:
                     b = self._chunks.popleft()
                     batch.append(b)
                     rows += b.n
+                upto = self._batches_done + len(batch)
             while True:
                 try:
                     duplicates = self.store.write(batch)
                     self.error = None
                     backoff = 0.5
-                    self._finish(rows - duplicates, dropped=False)
+                    self._finish(rows - duplicates, dropped=False, batches_upto=upto)
                     if duplicates:
                         self._finish(duplicates, dropped=True)
                     break
                 except Exception as exc:  # noqa: BLE001 - db slow/down: keep the batch, retry, count drops
                     self.error = f"{exc.__class__.__name__}: {str(exc)[:300]}"
                     if self._stopping and time.monotonic() > self._stop_deadline:
-                        self._finish(rows, dropped=True)
+                        self._finish(rows, dropped=True, batches_upto=upto, ok=False)
                         self._drop_all(f"shutdown timeout while the database fails ({self.error})")
                         return
                     logger.warning("prediction log write failed (%s); retrying in %.1fs", self.error, backoff)
@@ -148,7 +226,9 @@ class LogWriter:
                 self._cond.wait(seconds)
             return self._stopping
 
-    def _finish(self, n: int, dropped: bool) -> None:
+    def _finish(self, n: int, dropped: bool, batches_upto: int | None = None, ok: bool = True) -> None:
+        """Count ``n`` records as written or dropped; with ``batches_upto``: the batches up to that sequence
+        are finished, release their waiting requests (``ok``: committed)."""
         with self._cond:
             self._pending -= n
             self._done += n
@@ -156,15 +236,39 @@ class LogWriter:
                 self.dropped += n
             else:
                 self.written += n
+            if self.ledger is not None:
+                self.ledger.done(self._done)
+            if batches_upto is not None:
+                self._batches_done = batches_upto
+                self._release(ok)
             self._cond.notify_all()
+
+    def _release(self, ok: bool) -> None:
+        """Resolve the futures of the finished batches: one call_soon_threadsafe per event loop (caller
+        holds the lock)."""
+        if not self._waiters or self._waiters[0][0] >= self._batches_done:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool | None]]] = {}
+        while self._waiters and self._waiters[0][0] < self._batches_done:
+            fut = self._waiters.popleft()[1]
+            by_loop.setdefault(fut.get_loop(), []).append(fut)
+        for loop, futs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, futs, ok)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                continue
 
     def _drop_all(self, why: str) -> None:
         with self._cond:
             n = sum(c.n for c in self._chunks)
+            self._batches_done += len(self._chunks)
             self._chunks.clear()
             self._pending -= n
             self._done += n
             self.dropped += n
+            if self.ledger is not None:
+                self.ledger.done(self._done)
+            self._release(False)
             self._cond.notify_all()
         if n:
             logger.error(
@@ -195,6 +299,8 @@ class LogWriter:
             self._thread.join()
         logger.info("prediction log stopped: %d rows written, %d dropped", self.written, self.dropped)
         self.store.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -204,6 +310,14 @@ class LogWriter:
             "queue_max": self.queue_max,
             "written": self.written,
             "dropped": self.dropped,
+            "lost_on_crash": self.lost_on_crash,
             "db_error": self.error,
             "url": self.store.safe_url(),
         }
+
+
+def _resolve(futs: Any, ok: bool | None) -> None:
+    """Set the result of the futures still waiting (on their event loop's thread)."""
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(ok)

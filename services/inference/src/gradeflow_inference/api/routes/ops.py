@@ -1,4 +1,15 @@
-"""Operations: GET /model, /health, /ready, /metrics."""
+"""Operations: GET /model, /health, /ready, /metrics.
+
+What is served vs the registry (``champion.json``, see ``model.serving_status``) appears on all three:
+``fallback`` + ``reason`` when the export ``current`` points to could not be loaded and an older valid one
+serves instead, ``consistent: false`` when the champion marker names another version or run id.
+
+Readiness policy: ``/ready`` answers 503 only while NO model is loaded. A fallback or an inconsistent
+export is ready (200) with ``warnings``: it is a verified model; the alternative is a replica that
+answers nothing. Inference cannot tell a promotion in flight (the marker written a moment before or after
+``current`` moves) from a stale one, so a 503 there would also take replicas out of rotation at every
+promotion. The disagreement is loud instead: ``/ready``, ``/health``, ``/model`` and a WARNING log line.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +34,12 @@ def get_model(state: StateDep) -> dict[str, Any]:
     if model is None:
         raise state.no_model()
     attempt = state.manager.last_attempt
+    st = state.manager.status()
     return {
         **model.info(),
+        "consistent": st["consistent"],
+        "champion": st["champion"],
+        "warnings": st["warnings"],
         "schema": model.validator.json_schema(model.manifest),
         "features": [f.model_dump() for f in model.manifest.features],
         "last_reload_attempt": attempt.as_dict() if attempt else None,
@@ -32,27 +47,59 @@ def get_model(state: StateDep) -> dict[str, Any]:
     }
 
 
+def _truth(st: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``ModelManager.status()`` that /health and /ready both show."""
+    champion = st["champion"] or {}
+    return {
+        "fallback": st["fallback"],
+        "consistent": st["consistent"],
+        "champion_version": champion.get("version"),
+        "champion_run_id": champion.get("run_id"),
+        "warnings": st["warnings"],
+    }
+
+
 @router.get("/health", summary="Alive")
 def health(state: StateDep) -> dict[str, Any]:
     model = state.manager.current
     s = state.log_stats()
+    st = state.manager.status()
     return {
         "status": "ok",
         "service": "inference",
         "model_loaded": model is not None,
         "model_version": model.version if model else None,
+        "model_run_id": st["serving_run_id"],
+        **_truth(st),
         "log_queue_depth": s["queue_depth"],
         "log_dropped": s["dropped"],
+        "log_lost_on_crash": s["lost_on_crash"],
         "log_db_error": s["db_error"],
     }
 
 
-@router.get("/ready", summary="Ready: a model is loaded (503 otherwise)", responses=error_responses(503))
+@router.get(
+    "/ready",
+    summary="Ready: a model is loaded (503 otherwise); fallback / consistency with the champion marker",
+    responses=error_responses(503),
+)
 def ready(state: StateDep) -> JSONResponse:
+    """200 while a verified model is loaded, also a fallback or one that disagrees with ``champion.json``
+    (then ``fallback``/``consistent`` say so and ``warnings`` says why; see the module docstring for the
+    policy); 503 ``MODEL_NOT_LOADED`` only when nothing can be served."""
     model = state.manager.current
     if model is None:
         raise state.no_model()
-    return JSONResponse({"status": "ready", "model_version": model.version})
+    st = state.manager.status()
+    return JSONResponse(
+        {
+            "status": "ready",
+            "model_version": model.version,
+            "run_id": st["serving_run_id"],
+            "reason": st["reason"],
+            **_truth(st),
+        }
+    )
 
 
 @router.get(

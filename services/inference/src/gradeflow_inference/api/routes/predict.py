@@ -31,8 +31,9 @@ The answer names the model version that produced every prediction and one reques
 outside the manifest's bounds -> 422 naming the field, the rule and (batches) the record index.
 Categories not seen in training are accepted and predicted through the encoder's unknown handling
 (counted in `inference_unseen_categories_total`). `null` is accepted for nullable features (imputed).
-503 while no model export is loaded. The body must be `Content-Type: application/json` (else 415) and
-at most MAX_BODY_BYTES long (else 413); a categorical value at most MAX_STRING_LENGTH characters.
+503 while no model export is loaded (and, with LOG_DURABLE_ACK, when the prediction log cannot commit the
+row). The body must be `Content-Type: application/json` (else 415) and at most MAX_BODY_BYTES long
+(else 413); a categorical value at most MAX_STRING_LENGTH characters.
 """
 
 
@@ -60,7 +61,11 @@ async def predict(request: Request) -> Response:
     if state.log_enabled:
         # one log entry per request: the validated records (re-encoded by the writer thread, so nothing
         # the validator did not see is stored) and the predictions
-        state.log.submit(LogBatch(key, time.time(), version, records, preds, latency_ms, b.n))
+        entry = LogBatch(key, time.time(), version, records, preds, latency_ms, b.n)
+        if state.durable_ack:
+            await state.log.acked(entry)  # answer only once the row is committed (LOG_DURABLE_ACK)
+        else:
+            state.log.submit(entry)
     m = state.metrics
     m.predictions.labels(str(version)).inc(b.n)
     if b.unseen:

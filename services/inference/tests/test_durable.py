@@ -1,0 +1,141 @@
+"""Durable acknowledgement (group commit) and the crash ledger that counts rows a killed process lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gradeflow_inference.app import create_app
+from gradeflow_inference.predlog import ledger as ld
+from gradeflow_inference.predlog.store import LogBatch, LogStore, LogUnavailable
+from gradeflow_inference.predlog.writer import LogWriter
+from gradeflow_testkit import exports
+
+from .test_predlog import _batch
+
+SLOW = {"flush_interval": 60.0, "batch_size": 100_000}  # without a durable ack, rows would wait 60 s
+
+
+def _db_keys(db: Path) -> set[str]:
+    """Batch keys committed to the SQLite file, read through a connection of its own."""
+    con = sqlite3.connect(db)
+    try:
+        return {r[0] for r in con.execute("select batch_key from prediction_batches")}
+    finally:
+        con.close()
+
+
+def test_durable_ack_over_http_answers_after_commit(
+    tmp_path: Path, model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
+) -> None:
+    db = tmp_path / "log.db"
+    cfg = make_settings(
+        model_dir,
+        log_durable_ack=True,
+        log_flush_interval=60,
+        log_batch_size=100_000,
+        prediction_db_url=f"sqlite:///{db}",
+    )
+    with TestClient(create_app(cfg)) as c:
+        for rec in fitted.records[:5]:
+            r = c.post("/predict", json=rec)
+            assert r.status_code == 200
+            key = r.json()["predictions"][0]["request_id"][:28]
+            assert key in _db_keys(db)  # committed before the answer left
+
+
+def test_group_commit_releases_every_waiter(tmp_path: Path) -> None:
+    store = LogStore(f"sqlite:///{tmp_path / 'g.db'}")
+    commits: list[int] = []
+    write = store.write
+
+    def counting(batch: list[LogBatch]) -> int:
+        commits.append(len(batch))
+        return write(batch)
+
+    store.write = counting  # type: ignore[method-assign]
+    log = LogWriter(store, **SLOW)  # type: ignore[arg-type]
+    log.start()
+    assert store.ready.wait(30)
+    batches = [_batch(1, start=i)[0] for i in range(64)]
+
+    async def main() -> None:
+        await asyncio.gather(*(log.acked(b) for b in batches))
+
+    asyncio.run(main())
+    assert _db_keys(tmp_path / "g.db") == {b.batch_key for b in batches}
+    assert sum(commits) == 64 and len(commits) < 64, commits  # grouped, not one commit per request
+    log.stop()
+
+
+def test_durable_ack_refuses_when_the_row_cannot_be_queued(tmp_path: Path) -> None:
+    log = LogWriter(LogStore(f"sqlite:///{tmp_path / 'q.db'}"), queue_max=1, **SLOW)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        with pytest.raises(LogUnavailable, match="not acknowledged"):
+            await log.acked(_batch(2)[0])
+
+    asyncio.run(main())
+    assert log.dropped == 2
+
+
+def _crash(log: LogWriter) -> None:
+    """What a SIGKILL leaves: the ledger file with its counters, its lock released, nothing removed."""
+    assert log.ledger is not None and log.ledger._fd is not None
+    os.close(log.ledger._fd)
+    log.ledger._fd = None
+
+
+def test_lost_rows_counted_after_a_crash(tmp_path: Path) -> None:
+    led = tmp_path / "ledger"
+    log = LogWriter(LogStore(f"sqlite:///{tmp_path / 'a.db'}"), ledger_dir=led, **SLOW)  # type: ignore[arg-type]
+    log.start()
+    assert log.lost_on_crash == 0
+    for i in range(10):
+        assert log.submit(_batch(3, start=i)[0])  # 30 records acknowledged, all still queued
+    assert log.flush(timeout=30)  # committed: the ledger's "done" follows
+    for i in range(5):
+        assert log.submit(_batch(2, start=i)[0])  # 10 more, never written
+    _crash(log)
+    again = LogWriter(LogStore(f"sqlite:///{tmp_path / 'a.db'}"), ledger_dir=led, **SLOW)  # type: ignore[arg-type]
+    again.start()
+    # at least the 10 lost ones; at most those plus the unused rest of the reserved block
+    assert 10 <= again.lost_on_crash < 10 + ld.BLOCK
+    assert len(list(led.glob("*.ledger"))) == 1  # the dead process's ledger is claimed and removed
+    again.stop()
+    assert list(led.glob("*.ledger")) == []  # a clean stop leaves nothing to count
+    third = LogWriter(LogStore(f"sqlite:///{tmp_path / 'a.db'}"), ledger_dir=led)  # type: ignore[arg-type]
+    third.start()
+    assert third.lost_on_crash == 0
+    third.stop()
+
+
+def test_a_live_process_ledger_is_not_claimed(tmp_path: Path) -> None:
+    led = tmp_path / "ledger"
+    one = LogWriter(LogStore(f"sqlite:///{tmp_path / 'b.db'}"), ledger_dir=led, **SLOW)  # type: ignore[arg-type]
+    one.start()
+    assert one.submit(_batch(4)[0])
+    two = LogWriter(LogStore(f"sqlite:///{tmp_path / 'c.db'}"), ledger_dir=led)  # type: ignore[arg-type]
+    two.start()
+    assert two.lost_on_crash == 0
+    two.stop()
+    one.stop()
+
+
+def test_lost_count_on_health_and_metrics(
+    tmp_path: Path, model_dir: Path, make_settings: Callable[..., Any]
+) -> None:
+    cfg = make_settings(model_dir)
+    led = cfg.service_dir("inference") / "log-ledger"
+    led.mkdir(parents=True)
+    (led / f"12345-1{ld.SUFFIX}").write_bytes(b"%020d\n%020d\n" % (100, 40))  # a dead process's ledger
+    with TestClient(create_app(cfg)) as c:
+        assert c.get("/health").json()["log_lost_on_crash"] == 60
+        assert "inference_log_lost_on_crash_total 60.0" in c.get("/metrics").text
