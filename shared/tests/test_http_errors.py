@@ -110,3 +110,26 @@ def test_error_to_dict() -> None:
         "details": [{"field": "age"}],
     }
     assert isinstance(err, GradeflowError) and err.status_code == 422
+
+
+def test_undecodable_body_and_unknown_paths_get_the_one_error_body() -> None:
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    class Body(BaseModel):
+        n: int
+
+    @app.post("/echo")
+    def echo(body: Body) -> dict[str, int]:
+        return {"n": body.n}
+
+    with TestClient(app) as c:
+        r = c.post("/echo", content=b"\xf0\x28\x8c\x28", headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error_code"] == "INVALID_INPUT", r.text
+        assert r.json()["message"].startswith("body:")
+        r = c.get("/nowhere")
+        assert r.status_code == 404 and r.json()["error_code"] == "NOT_FOUND"
+        r = c.get("/echo")
+        assert r.status_code == 405 and r.json()["error_code"] == "METHOD_NOT_ALLOWED"

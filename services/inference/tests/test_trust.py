@@ -153,7 +153,7 @@ def test_feedback_same_request_id_twice_in_one_request(client: TestClient, fitte
     r = _feedback(
         client, {"items": [{"request_id": ids[0], "actual": 1.0}, {"request_id": ids[0], "actual": 2.0}]}
     )
-    assert r.status_code == 422 and r.json()["details"][0]["field"] == "items[1].request_id"
+    assert r.status_code == 409 and r.json()["details"][0]["field"] == "items[1].request_id", r.text
 
 
 def test_unknown_request_ids_reported_not_stored(client: TestClient, fitted: exports.Fitted) -> None:
@@ -318,6 +318,8 @@ def test_log_stores_the_validated_record_not_the_raw_body(client: TestClient, fi
         {"since": "2026-13-01T00:00:00"},
         {"since": "1" * 40},
         {"since": "not a date"},
+        {"since": "0.5"},  # a number, not a date-time (pydantic alone reads it as a Unix time)
+        {"since": "1700000000"},
         {"labelled": "maybe"},
     ],
 )

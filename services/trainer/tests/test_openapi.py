@@ -76,6 +76,10 @@ HOSTILE: list[tuple[str, str, Any]] = [
     ("post", "/retrain", {"reason": "x" * 100_000}),
     ("post", "/retrain", {"monitor_run_id": "m" * 10_000}),
     ("post", "/retrain", {"use_production_data": {"a": 1}}),
+    ("post", "/retrain", {"use_production_data": 0}),  # strict: no coercion of 0 to false
+    ("post", "/promote", {"version": "3"}),
+    ("post", "/promote", b"\xf0\x28\x8c\x28 not utf-8"),  # undecodable body: 422, not a bare 400
+    ("post", "/rollback", b")\xc3\x28"),
     ("get", "/jobs/" + "j" * 5000, None),
     ("get", "/jobs/%00%ff", None),
 ]
@@ -83,7 +87,7 @@ HOSTILE: list[tuple[str, str, Any]] = [
 
 @pytest.mark.parametrize(("method", "path", "body"), HOSTILE)
 def test_hostile_inputs_never_answer_5xx(client: TestClient, method: str, path: str, body: Any) -> None:
-    if isinstance(body, str):
+    if isinstance(body, (str, bytes)):
         r = client.request(method, path, content=body, headers={**AUTH, "Content-Type": "application/json"})
     else:
         r = client.request(method, path, json=body, headers=AUTH)

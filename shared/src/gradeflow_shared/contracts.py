@@ -14,6 +14,8 @@ JobState = Literal["queued", "running", "succeeded", "failed"]
 class RetrainRequest(BaseModel):
     """Body of the trainer's ``POST /retrain``."""
 
+    model_config = ConfigDict(strict=True)  # admin input: no coercion of 0 to false or "3" to 3
+
     reason: str = Field(
         default="manual", max_length=2000, description="Why a retrain is asked for (shown in the job)."
     )
@@ -71,11 +73,15 @@ MAX_VERSION = 2**31 - 1  # registry versions are 32-bit integers
 
 
 class PromoteRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     version: int = Field(ge=1, le=MAX_VERSION, description="Model version to make champion.")
     reason: str = Field(default="manual promotion", max_length=500, description="Recorded with the event.")
 
 
 class RollbackRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     reason: str = Field(default="manual rollback", max_length=500, description="Recorded with the event.")
 
 

@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from gradeflow_shared.contracts import FeedbackRequest, FeedbackResponse, PredictionPage
 from gradeflow_shared.errors import Unauthorized
 from gradeflow_shared.settings import bearer_matches
 
-from ...checks import check_feedback, naive_utc
+from ...checks import check_feedback, iso_datetime_only, naive_utc
 from ...openapi import error_responses, json_body
 from ...schema import load_json
 from ..deps import StateDep
@@ -79,6 +79,7 @@ def get_predictions(
     ] = None,
     since: Annotated[
         datetime | None,
+        BeforeValidator(iso_datetime_only),
         Query(description="Only rows logged at or after this time (ISO 8601; without a zone: UTC)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
