@@ -116,7 +116,7 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
     trainer_fault_point: str = Field(
         default="",
         description="Crash-test hook, off when empty (TRAINER_FAULT_POINT): '<op>:<step>' (op train, promote "
-        "or rollback; step decided, intent, staged, alias, event, current or marker) makes the trainer "
+        "or rollback; step intent, decided (train only), staged, alias, event, current or marker) makes the trainer "
         "SIGKILL itself right after that step of a champion change. Never set it in production.",
     )
     mlflow_wait: float = Field(

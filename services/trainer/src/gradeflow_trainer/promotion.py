@@ -7,6 +7,7 @@ events are the history (``history``). ``publish`` changes the champion in this o
 followed by its fault point (``TRAINER_FAULT_POINT=<op>:<step>``):
 
 1. ``intent``: ``MODEL_DIR/.promotion-intent.json`` written atomically (one at a time);
+   ``decided`` (a retrain only): the gate's decision tags on the version (an undone change retags it);
 2. ``staged``: the target's export under ``versions/``, ``current`` NOT swapped;
 3. ``alias``: the registry's alias moved (the commit point);
 4. ``event``: the promotion event appended, idempotent by the intent's ``event_id``;
@@ -56,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 INTENT_FILE = ".promotion-intent.json"
 MARKER_FILE = "champion.json"
-STEPS = ("decided", "intent", "staged", "alias", "event", "current", "marker")
+STEPS = ("intent", "decided", "staged", "alias", "event", "current", "marker")
 Op = Literal["train", "promote", "rollback"]
 UNKNOWN_DECISION = "decision: unknown (job died)"
 
@@ -176,17 +177,21 @@ def publish(
     registry: Registry,
     intent: Intent,
     stage: Callable[[], Path],
+    decide: Callable[[], None] | None = None,
 ) -> tuple[PromotionEvent, Path]:
-    """Make ``intent.to_version`` the champion (steps in the module docstring). ``stage()`` writes or
-    finds the target's export under ``versions/`` without swapping ``current``. The caller holds
-    the champion lock."""
+    """Make ``intent.to_version`` the champion (steps in the module docstring). ``decide()`` tags the
+    gate's decision (a retrain); ``stage()`` writes or finds the target's export under ``versions/``
+    without swapping ``current``. The caller holds the champion lock."""
     op = intent.op
     _write_atomic(settings.models_path / INTENT_FILE, intent.model_dump_json(indent=2))
     fault(settings, op, "intent")
     try:
+        if decide is not None:
+            decide()
+            fault(settings, op, "decided")
         export_dir = stage()
-    except BaseException:
-        clear_intent(settings)  # nothing moved yet
+    except GradeflowError:
+        clear_intent(settings)  # refused before the alias moved (e.g. the export's checks): nothing changed
         raise
     fault(settings, op, "staged")
     registry.set_champion(intent.to_version)

@@ -485,16 +485,17 @@ def decide_and_publish(
     request: RetrainRequest,
     report: Progress = no_progress,
 ) -> Published:
-    """Gate -> decision tags on the version -> (the champion change, ``promotion.publish``) -> the
-    decision on the run. A failed export turns the decision into "not promoted" (tags rewritten)."""
+    """Gate -> decision tags on the version (when approved: inside the champion change,
+    ``promotion.publish``, after its intent) -> the decision on the run. A failed export turns the decision into "not promoted" (tags rewritten)."""
     version = registered.version
     pr.wait_reconciled(settings)
     with CHAMPION_LOCK:
         decision = judge(settings, registry, version, cand, data.eval_sets())
-        registry.set_version_tags(version, _decision_tags(decision, data, request))
-        pr.fault(settings, "train", "decided")
         export_dir: Path | None = None
-        if decision.promoted:
+        if not decision.promoted:
+            registry.set_version_tags(version, _decision_tags(decision, data, request))
+            pr.fault(settings, "train", "decided")
+        else:
             report("export", 0.9)
             intent = pr.Intent(
                 op="train",
@@ -531,7 +532,15 @@ def decide_and_publish(
                 )
 
             try:
-                _, export_dir = pr.publish(settings, registry, intent, stage)
+                _, export_dir = pr.publish(
+                    settings,
+                    registry,
+                    intent,
+                    stage,
+                    decide=lambda: registry.set_version_tags(
+                        version, _decision_tags(decision, data, request)
+                    ),
+                )
             except ExportError as exc:
                 decision = decision.model_copy(
                     update={
