@@ -206,7 +206,8 @@ def test_interrupted_jobs_get_the_state_of_what_they_did(settings: TrainerSettin
                 with pytest.raises(Crash):
                     train(settings, reg)
                 settings.trainer_fault_point = ""
-                reg.model_versions[2].tags.clear()  # died between registering and deciding
+                reg.model_versions[2].tags.clear()  # as if it died between registering and the gate
+                pr.clear_intent(settings)
             else:
                 train(settings, reg)
     reg.runs["run-2"].status = "RUNNING"

@@ -84,15 +84,22 @@ def rollback_target(events: list[PromotionEvent]) -> int | None:
 
 
 def make_event(
-    model_name: str, version: int, previous: int | None, action: str, reason: str
+    model_name: str,
+    version: int,
+    previous: int | None,
+    action: str,
+    reason: str,
+    event_id: str | None = None,
+    at: datetime | None = None,
 ) -> PromotionEvent:
     return PromotionEvent(
-        at=datetime.now(UTC),
+        at=at or datetime.now(UTC),
         model_name=model_name,
         version=version,
         previous_version=previous,
         action=action,  # type: ignore[arg-type]
         reason=reason,
+        event_id=event_id,
     )
 
 

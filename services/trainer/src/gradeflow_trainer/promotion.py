@@ -97,14 +97,14 @@ class Intent(BaseModel):
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
 
     def event(self) -> PromotionEvent:
-        return PromotionEvent(
-            at=self.at,
-            model_name=self.model_name,
-            version=self.to_version,
-            previous_version=self.from_version,
-            action=self.action,
-            reason=self.reason,
-            event_id=self.event_id,
+        return hist.make_event(
+            self.model_name,
+            self.to_version,
+            self.from_version,
+            self.action,
+            self.reason,
+            self.event_id,
+            self.at,
         )
 
 
@@ -183,6 +183,8 @@ def publish(
     gate's decision (a retrain); ``stage()`` writes or finds the target's export under ``versions/``
     without swapping ``current``. The caller holds the champion lock."""
     op = intent.op
+    if read_intent(settings) is not None:  # one at a time: repair a change the start-up could not repair
+        reconcile(settings, registry)
     _write_atomic(settings.models_path / INTENT_FILE, intent.model_dump_json(indent=2))
     fault(settings, op, "intent")
     try:
@@ -249,14 +251,6 @@ def stage_export(settings: TrainerSettings, registry: Registry, mv: VersionInfo,
 
 
 # ------------------------------------------------------------------ start-up repair
-def _export_matches(settings: TrainerSettings, version: int, run_id: str) -> bool:
-    try:
-        cur = mf.read_current(settings.models_path)
-    except ExportError:
-        return False
-    return cur is not None and cur[1].version == version and cur[1].run_id == run_id
-
-
 def _drop_staged(settings: TrainerSettings, intent: Intent) -> None:
     """Remove the exports the unfinished change staged (never the one ``current`` points at)."""
     current = mf.resolve_current(settings.models_path)
@@ -280,11 +274,21 @@ def _settle_intent(settings: TrainerSettings, registry: Registry, intent: Intent
             intent.to_version,
             {
                 "gate.promoted": "false",
-                "gate.reason": f"gate approved it, but the trainer died before the alias moved: not promoted "
-                f"(champion stays v{alias})",
+                "gate.reason": "gate approved it, but the trainer died before the alias moved: not promoted "
+                f"({f'champion stays v{alias}' if alias is not None else 'no champion'})",
             },
         )
     return f"undid the interrupted {intent.op} to v{intent.to_version} (the alias stayed on v{alias})"
+
+
+def _current(settings: TrainerSettings) -> mf.Manifest | None:
+    """The manifest ``current`` points at (None: nothing, or an unreadable export)."""
+    try:
+        cur = mf.read_current(settings.models_path)
+    except ExportError as exc:
+        logger.warning("MODEL_DIR/current unreadable: %s", exc.message)
+        return None
+    return cur[1] if cur else None
 
 
 def _withdraw(settings: TrainerSettings) -> bool:
@@ -313,9 +317,9 @@ def reconcile(settings: TrainerSettings, registry: Registry) -> list[str]:
             serving = "withdrew the export in MODEL_DIR/current: the registry has no champion"
     else:
         mv = registry.version(alias)
-        if not _export_matches(settings, alias, mv.run_id):
-            cur = mf.read_current(settings.models_path) if mf.resolve_current(settings.models_path) else None
-            was = f"v{cur[1].version} run {cur[1].run_id}" if cur else "nothing"
+        cur = _current(settings)
+        if cur is None or (cur.version, cur.run_id) != (alias, mv.run_id):
+            was = f"v{cur.version} run {cur.run_id}" if cur else "nothing"
             reason = f"reconcile: current served {was}, the registry's champion is v{alias} run {mv.run_id}"
             export_dir = stage_export(settings, registry, mv, reason)
             mf.point_current(settings.models_path, export_dir, reason=reason, version=alias)
@@ -332,14 +336,9 @@ def reconcile(settings: TrainerSettings, registry: Registry) -> list[str]:
     head = stack[-1] if stack else None
     if alias is not None and (head != alias or (serving and not done)):
         why = serving or f"reconcile: the history's champion was v{head}, the registry's alias is v{alias}"
-        event = PromotionEvent(
-            at=datetime.now(UTC),
-            model_name=registry.model_name,
-            version=alias,
-            previous_version=head,
-            action="promote",
-            reason=why if why.startswith("reconcile:") else f"reconcile: {why}",
-            event_id=f"reconcile-{uuid.uuid4().hex}",
+        reason = why if why.startswith("reconcile:") else f"reconcile: {why}"
+        event = hist.make_event(
+            registry.model_name, alias, head, "promote", reason, f"reconcile-{uuid.uuid4().hex}"
         )
         hist.record_once(registry, history(settings), event)
         events = registry.promotion_events()
@@ -347,7 +346,7 @@ def reconcile(settings: TrainerSettings, registry: Registry) -> list[str]:
         done.append(serving)
     hist.write_views(registry, history(settings), events, alias)
     for line in done:
-        logger.warning("reconcile: %s", line)
+        logger.warning(line if line.startswith("reconcile:") else f"reconcile: {line}")
     logger.info(
         "reconciled: champion of %s is v%s%s", registry.model_name, alias, "" if done else " (consistent)"
     )
