@@ -409,7 +409,8 @@ def settle_job(registry: Registry, job: Job) -> tuple[TrainResult | None, str | 
     if decision.promoted and not promoted:
         return (
             None,
-            f"{died}; v{v.version} approved by the gate but not promoted (the trainer died before the alias moved)",
+            f"{died}; v{v.version} approved by the gate but not promoted "
+            "(the trainer died before the alias moved)",
         )
     result = TrainResult(
         run_id=v.run_id,

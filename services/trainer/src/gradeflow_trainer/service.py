@@ -486,7 +486,8 @@ def decide_and_publish(
     report: Progress = no_progress,
 ) -> Published:
     """Gate -> decision tags on the version (when approved: inside the champion change,
-    ``promotion.publish``, after its intent) -> the decision on the run. A failed export turns the decision into "not promoted" (tags rewritten)."""
+    ``promotion.publish``, after its intent) -> the decision on the run. A failed export turns the
+    decision into "not promoted" (tags rewritten)."""
     version = registered.version
     pr.wait_reconciled(settings)
     with CHAMPION_LOCK:
