@@ -54,6 +54,7 @@ class Chain:
         self.tmp = tmp
         self.mlflow_url = mlflow_url
         self.model = f"it-crash-{uuid.uuid4().hex[:6]}"
+        tmp.mkdir(parents=True, exist_ok=True)
         spec = tmp / "synthetic.json"
         spec.write_text(synthetic_spec(rows=500, seed=0).model_dump_json())
         self.env = {
