@@ -16,7 +16,7 @@ from gradeflow_shared.errors import Conflict, DatasetError, NotFound
 from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
 from gradeflow_trainer import history as hist
 from gradeflow_trainer import pipeline as P
-from gradeflow_trainer import service
+from gradeflow_trainer import promotion, service
 from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.labelled import LabelledRows
 from gradeflow_trainer.registry import InMemoryRegistry
@@ -153,7 +153,7 @@ def test_history_file_is_rebuilt_from_the_registry(
     train(settings, reg, monkeypatch)
     path = service.history(settings).path
     path.unlink()
-    service.sync_history(settings, reg)
+    promotion.reconcile(settings, reg)  # rewrites the views at start-up
     assert [e.action for e in service.history(settings).events()] == ["gate"]
 
 
@@ -210,7 +210,7 @@ def test_malformed_dataset_is_refused_before_anything_is_registered(
     with pytest.raises(DatasetError) as err:
         service.train_once(settings, RetrainRequest(reason="broken"), dataset=str(spec), registry=reg)
     assert "study_hours_per_week" in err.value.message and "twelve" in err.value.message
-    assert reg.versions == {} and reg.runs == {}
+    assert reg.model_versions == {} and reg.runs == {}
 
 
 def test_a_long_event_fits_one_registry_tag() -> None:

@@ -92,6 +92,7 @@ class PromotionEvent(BaseModel):
     previous_version: int | None
     action: Literal["promote", "rollback", "gate"]
     reason: str
+    event_id: str | None = None  # derived from the promotion's intent: a repair never appends it twice
 
 
 # ---------------------------------------------------------------- inference

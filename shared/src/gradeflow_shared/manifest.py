@@ -266,8 +266,10 @@ def publish(
     write_files: Callable[[Path], None],
     keep: int = 5,
     hook: Callable[[str], None] | None = None,
+    swap_current: bool = True,
 ) -> Path:
-    """Atomically publish a new export and point ``current`` to it.
+    """Atomically publish a new export and point ``current`` to it (``swap_current=False``: only stage
+    it under ``versions/``; the caller swaps ``current`` later with ``point_current``).
 
     ``write_files(staging_dir)`` writes the model, onnx and reference files; this function
     fills in their checksums, writes ``manifest.json`` last, fsyncs, renames the directory
@@ -302,6 +304,8 @@ def publish(
         raise
     if hook:
         hook("renamed")
+    if not swap_current:
+        return final
     point_current(model_dir, final, reason=manifest.reason, version=manifest.version)
     prune(model_dir, keep=keep)
     return final

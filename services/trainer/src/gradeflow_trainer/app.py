@@ -19,6 +19,7 @@ from gradeflow_shared.settings import require_secret
 from gradeflow_shared.webdocs import install_docs
 
 from . import mlflow_io as mio
+from . import promotion as pr
 from . import routes, service
 from .config import TrainerSettings, get_settings
 from .jobs import JobRunner, TrainFn
@@ -28,27 +29,35 @@ from .registry import Registry
 logger = logging.getLogger(__name__)
 
 
-def _bootstrap(settings: TrainerSettings, runner: JobRunner, stop: threading.Event) -> None:
-    """Start a first training when the registry has no champion (TRAIN_ON_START); refresh the
-    history file from the registry's promotion events."""
+def _bootstrap(
+    settings: TrainerSettings, runner: JobRunner, stop: threading.Event, registry: Registry | None
+) -> None:
+    """Start-up repair before any champion change (``promotion.startup_repair``: finish or undo an
+    interrupted promotion, make MODEL_DIR/current and champion.json match the registry's alias, tag
+    versions without a gate decision, settle interrupted jobs, end dead runs); then, when the registry
+    has no champion and TRAIN_ON_START, a first training."""
+    champ: int | None = None
     try:
-        mio.wait_for_server(settings)
-        if stop.is_set():
-            return
-        registry = service.mlflow_registry(settings)
+        if registry is None:
+            mio.wait_for_server(settings)
+            if stop.is_set():
+                return
+            registry = service.mlflow_registry(settings)
+        with service.CHAMPION_LOCK:
+            active = runner.active()
+            alive = active.id if active is not None and active.state == "running" else None
+            pr.startup_repair(settings, registry, runner.settle_interrupted, alive_job=alive)
         champ = registry.champion_version()
     except GradeflowError as exc:
-        logger.error("start-up check of the champion failed: %s", exc.message)
+        logger.error("start-up reconciliation with the registry failed: %s", exc.message)
         return
-    try:
-        service.sync_history(settings, registry)
-    except GradeflowError as exc:
-        logger.warning("promotion history not refreshed from the registry: %s", exc.message)
-    if champ is None:
+    finally:
+        pr.RECONCILED.set()
+    if champ is None and settings.train_on_start and not stop.is_set():
         job, _ = runner.submit(RetrainRequest(reason="start-up: no champion in the registry"))
         logger.info("no champion for %s: first training job %s", settings.model_name, job.id)
     else:
-        logger.info("champion of %s is version %d", settings.model_name, champ)
+        logger.info("champion of %s is version %s", settings.model_name, champ)
 
 
 def create_app(
@@ -69,14 +78,15 @@ def create_app(
         runner.start()
         app.state.runner = runner
         stop = threading.Event()
-        if settings.train_on_start:
-            threading.Thread(
-                target=_bootstrap, args=(settings, runner, stop), name="trainer-bootstrap", daemon=True
-            ).start()
+        pr.RECONCILED.clear()  # champion changes wait for the start-up repair
+        threading.Thread(
+            target=_bootstrap, args=(settings, runner, stop, registry), name="trainer-bootstrap", daemon=True
+        ).start()
         try:
             yield
         finally:
             stop.set()
+            pr.RECONCILED.set()
             runner.stop()
 
     app = FastAPI(

@@ -113,6 +113,12 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
             return 1
         return max(1, min(10, round(base_rows / production_rows)))
 
+    trainer_fault_point: str = Field(
+        default="",
+        description="Crash-test hook, off when empty (TRAINER_FAULT_POINT): '<op>:<step>' (op train, promote "
+        "or rollback; step intent, decided (train only), staged, alias, event, current or marker) makes the trainer "
+        "SIGKILL itself right after that step of a champion change. Never set it in production.",
+    )
     mlflow_wait: float = Field(
         default=120.0, gt=0, description="Seconds to wait for the MLflow server at start-up (MLFLOW_WAIT)."
     )

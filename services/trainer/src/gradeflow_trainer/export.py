@@ -58,10 +58,13 @@ def export_model(
     target_min: float | None = None,
     target_max: float | None = None,
     model_uri: str = "",
+    swap_current: bool = True,
 ) -> Path:
     """Compile, verify and atomically publish an export; returns the new version directory.
 
-    Raises ExportError (and leaves ``current`` untouched) when ONNX does not agree with sklearn.
+    ``swap_current=False`` stages it under ``versions/`` only (the promotion transaction swaps
+    ``current`` after the registry's alias moved). Raises ExportError (and leaves ``current``
+    untouched) when ONNX does not agree with sklearn.
     """
     columns = list(columns)
     X_ref = prepare_frame(X_ref, columns)
@@ -94,7 +97,7 @@ def export_model(
         (staging / mf.ONNX_FILE).write_bytes(onnx_bytes)
         ref.to_csv(staging / mf.REFERENCE_FILE, index=False)
 
-    final = mf.publish(model_dir, manifest, write_files, keep=keep, hook=hook)
+    final = mf.publish(model_dir, manifest, write_files, keep=keep, hook=hook, swap_current=swap_current)
     logger.info("exported %s v%d to %s (onnx max diff %.2e)", model_name, version, final, diff)
     return final
 
@@ -117,3 +120,17 @@ def load_export(export_dir: Path) -> tuple[mf.Manifest, Any]:
     except Exception as exc:  # unpickling can fail in many ways; all mean "unloadable"
         raise ExportError(f"cannot load model of version {manifest.version}: {exc}") from exc
     return manifest, pipe
+
+
+def kept_export(model_dir: Path, version: int, run_id: str) -> Path | None:
+    """The newest kept export of ``version`` made from run ``run_id`` (a version number alone may name
+    another run after the registry was replaced), or None."""
+    for p in reversed(mf.list_exports(model_dir)):
+        if not p.name.startswith(f"v{version:06d}-"):
+            continue
+        try:
+            if mf.read_manifest(p).run_id == run_id:
+                return p
+        except ExportError:
+            continue
+    return None

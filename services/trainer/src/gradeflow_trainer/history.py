@@ -84,15 +84,22 @@ def rollback_target(events: list[PromotionEvent]) -> int | None:
 
 
 def make_event(
-    model_name: str, version: int, previous: int | None, action: str, reason: str
+    model_name: str,
+    version: int,
+    previous: int | None,
+    action: str,
+    reason: str,
+    event_id: str | None = None,
+    at: datetime | None = None,
 ) -> PromotionEvent:
     return PromotionEvent(
-        at=datetime.now(UTC),
+        at=at or datetime.now(UTC),
         model_name=model_name,
         version=version,
         previous_version=previous,
         action=action,  # type: ignore[arg-type]
         reason=reason,
+        event_id=event_id,
     )
 
 
@@ -152,7 +159,16 @@ def write_views(
         registry.set_model_tag(HISTORY_TAG, to_compact(events))
 
 
-def record(registry: Registry, history: History, event: PromotionEvent) -> None:
-    """Append ``event`` to the source of truth, then refresh the views from it."""
-    registry.add_promotion_event(event)
-    write_views(registry, history, registry.promotion_events(), event.version)
+def record_once(registry: Registry, history: History, event: PromotionEvent) -> PromotionEvent:
+    """Append ``event`` to the source of truth unless an event with its ``event_id`` is already there
+    (a repair finishing an interrupted promotion never duplicates it), then refresh the views from
+    it. Returns the event as the registry holds it."""
+    events = registry.promotion_events()
+    same = [e for e in events if event.event_id and e.event_id == event.event_id]
+    if same:
+        event = same[0]
+    else:
+        registry.add_promotion_event(event)
+        events = registry.promotion_events()
+    write_views(registry, history, events, event.version)
+    return event

@@ -3,8 +3,10 @@
 One background thread runs one job at a time. ``submit`` coalesces: while a job is queued or
 running it returns THAT job (``created=False``) instead of starting another, so a storm of
 retrain triggers never queues a storm of trainings. Jobs live in memory and are persisted as
-JSON in the trainer's service folder; a job found queued/running at start-up was interrupted
-by a restart and is marked failed.
+JSON in the trainer's service folder. A job found queued/running at start-up was interrupted by a
+restart: it is marked failed at once, and ``settle_interrupted`` (called by the start-up
+reconciliation, which can ask the registry) then gives it the final state of what it really did
+(registered? gate decided? promoted?).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +31,15 @@ logger = logging.getLogger(__name__)
 TrainFn = Callable[[RetrainRequest, Progress], TrainResult]
 
 MAX_JOBS_KEPT = 200
+_CURRENT_JOB: ContextVar[str | None] = ContextVar("trainer_job", default=None)
+
+
+def current_job_id() -> str | None:
+    """The id of the job the calling code runs in (None outside a job, e.g. the CLI)."""
+    return _CURRENT_JOB.get()
+
+
+Outcome = tuple[TrainResult | None, str | None]  # (result, None) = succeeded; (None, error) = failed
 
 
 def _now() -> datetime:
@@ -47,6 +59,7 @@ class JobRunner:
         self._requests: dict[str, RetrainRequest] = {}
         self._stop = False
         self._thread: threading.Thread | None = None
+        self.interrupted: list[str] = []  # jobs found queued/running at start (see settle_interrupted)
         self._load()
 
     # ------------------------------------------------------------ lifecycle
@@ -147,6 +160,7 @@ class JobRunner:
                 self._save()
 
         logger.info("job %s running (%s)", job_id, request.reason)
+        token = _CURRENT_JOB.set(job_id)
         try:
             result = self._train_fn(request, progress)
         except GradeflowError as exc:
@@ -159,6 +173,30 @@ class JobRunner:
             self._finish(job_id, result=result)
             logger.info(
                 "job %s succeeded: version %s, promoted=%s", job_id, result.version, result.decision.promoted
+            )
+        finally:
+            _CURRENT_JOB.reset(token)
+
+    def settle_interrupted(self, outcome: Callable[[Job], Outcome]) -> None:
+        """Give each job interrupted by the restart the final state ``outcome(job)`` derives from what it
+        actually did (looked up in the registry)."""
+        for job_id in list(self.interrupted):
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if job is None:
+                    continue
+                snapshot = job.model_copy(deep=True)
+            result, error = outcome(snapshot)
+            with self._lock:
+                job.result, job.error = result, error
+                job.state = "succeeded" if result is not None else "failed"
+                if result is not None:
+                    job.progress, job.stage = 1.0, "done"
+                self._save()
+                self._wake.notify_all()
+            self.interrupted.remove(job_id)
+            logger.info(
+                "job %s interrupted by a restart, settled as %s: %s", job_id, job.state, error or "done"
             )
 
     def _finish(self, job_id: str, result: TrainResult | None = None, error: str | None = None) -> None:
@@ -209,5 +247,6 @@ class JobRunner:
                 job.state = "failed"
                 job.error = "interrupted: the trainer restarted while this job was " + (job.stage or "queued")
                 job.finished_at = _now()
+                self.interrupted.append(job.id)
             self._jobs[job.id] = job
         self._save()

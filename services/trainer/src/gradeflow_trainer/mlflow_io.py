@@ -37,7 +37,7 @@ from gradeflow_shared.contracts import GateDecision, PromotionEvent
 from gradeflow_shared.errors import ExportError, NotFound, ServiceUnavailable, UpstreamError
 
 from .config import TrainerSettings
-from .registry import ALIAS, EXPORT_ARTIFACTS, TAG_MAX, Registered, RunRecord, VersionInfo
+from .registry import ALIAS, EXPORT_ARTIFACTS, JOB_TAG, TAG_MAX, Registered, RunInfo, RunRecord, VersionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -518,3 +518,43 @@ class MlflowRegistry:
 
     def run_url(self, run_id: str) -> str:
         return run_url(self.settings, run_id)
+
+    def versions(self) -> list[VersionInfo]:
+        with mlflow_op(f"listing the versions of {self.model_name}", self.settings.mlflow_tracking_uri):
+            found = self.client.search_model_versions(f"name='{self.model_name}'")
+        return sorted(
+            (
+                VersionInfo(
+                    version=int(mv.version),
+                    run_id=mv.run_id,
+                    source=mv.source or "",
+                    tags=dict(mv.tags or {}),
+                )
+                for mv in found
+            ),
+            key=lambda v: v.version,
+        )
+
+    def find_runs(self, job_id: str | None = None, running: bool = False) -> list[RunInfo]:
+        with mlflow_op(
+            f"searching the runs of experiment {self.settings.experiment_name}",
+            self.settings.mlflow_tracking_uri,
+        ):
+            exp = self.client.get_experiment_by_name(self.settings.experiment_name)
+            if exp is None:
+                return []
+            where = [f"tags.`{JOB_TAG}` = '{job_id}'"] if job_id else []
+            if running:
+                where.append("attributes.status = 'RUNNING'")
+            runs = self.client.search_runs(
+                [exp.experiment_id], filter_string=" and ".join(where), max_results=1000
+            )
+        return [
+            RunInfo(run_id=r.info.run_id, status=r.info.status, tags=dict(r.data.tags))
+            for r in runs
+            if r.data.tags.get(JOB_TAG)
+        ]
+
+    def end_run(self, run_id: str, status: str) -> None:
+        with mlflow_op(f"ending run {run_id}", self.settings.mlflow_tracking_uri):
+            self.client.set_terminated(run_id, status)

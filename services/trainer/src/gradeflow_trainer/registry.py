@@ -70,6 +70,13 @@ class VersionInfo:
     tags: dict[str, str]
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: str  # MLflow's run status: RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    tags: dict[str, str]
+
+
 class Registry(Protocol):
     model_name: str
 
@@ -113,6 +120,21 @@ class Registry(Protocol):
         """ServiceUnavailable (503) when the registry cannot take a training now (a cheap probe)."""
         ...
 
+    def versions(self) -> list[VersionInfo]:
+        """Every registered version of the model, oldest first."""
+        ...
+
+    def find_runs(self, job_id: str | None = None, running: bool = False) -> list[RunInfo]:
+        """The trainer's runs (tag JOB_TAG set), of one job or every one; ``running``: RUNNING ones only."""
+        ...
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """Give a run left RUNNING by a dead job its final status (FAILED or KILLED)."""
+        ...
+
+
+JOB_TAG = "gradeflow.job_id"  # run tag: the trainer job that logged the run
+
 
 @dataclass
 class _Version:
@@ -127,6 +149,7 @@ class _Run:
     artifacts: dict[str, bytes]
     tags: dict[str, str] = field(default_factory=dict)
     dicts: dict[str, Any] = field(default_factory=dict)
+    status: str = "FINISHED"
 
 
 class InMemoryRegistry:
@@ -135,7 +158,7 @@ class InMemoryRegistry:
     def __init__(self, model_name: str = "student-grade") -> None:
         self.model_name = model_name
         self.runs: dict[str, _Run] = {}
-        self.versions: dict[int, _Version] = {}
+        self.model_versions: dict[int, _Version] = {}
         self.model_tags: dict[str, str] = {}
         self.alias: int | None = None
         self.events: list[PromotionEvent] = []
@@ -144,8 +167,8 @@ class InMemoryRegistry:
         run_id = f"run-{len(self.runs) + 1}"
         files = {p.name: p.read_bytes() for p in record.artifacts_dir.iterdir() if p.is_file()}
         self.runs[run_id] = _Run(record=record, artifacts=files, tags=dict(record.tags))
-        version = len(self.versions) + 1
-        self.versions[version] = _Version(run_id=run_id, pipeline=record.pipeline)
+        version = len(self.model_versions) + 1
+        self.model_versions[version] = _Version(run_id=run_id, pipeline=record.pipeline)
         return Registered(run_id=run_id, version=version, model_uri=f"memory:/{self.model_name}/{version}")
 
     def record_run_decision(self, run_id: str, decision: GateDecision) -> None:
@@ -161,7 +184,7 @@ class InMemoryRegistry:
         self.alias = version
 
     def version(self, version: int) -> VersionInfo:
-        v = self.versions.get(version)
+        v = self.model_versions.get(version)
         if v is None:
             raise NotFound(
                 f"model '{self.model_name}' has no version {version}", details={"version": version}
@@ -175,14 +198,14 @@ class InMemoryRegistry:
 
     def set_version_tags(self, version: int, tags: dict[str, str]) -> None:
         self.version(version)
-        self.versions[version].tags.update(tags)
+        self.model_versions[version].tags.update(tags)
 
     def set_model_tag(self, key: str, value: str) -> None:
         self.model_tags[key] = value
 
     def load_model(self, version: int, tmp: Path) -> Any:
         self.version(version)
-        return self.versions[version].pipeline
+        return self.model_versions[version].pipeline
 
     def export_artifacts(self, run_id: str, dst: Path) -> Path:
         run = self.runs.get(run_id)
@@ -207,3 +230,17 @@ class InMemoryRegistry:
 
     def check_available(self) -> None:
         return None
+
+    def versions(self) -> list[VersionInfo]:
+        return [self.version(v) for v in sorted(self.model_versions)]
+
+    def find_runs(self, job_id: str | None = None, running: bool = False) -> list[RunInfo]:
+        return [
+            RunInfo(run_id=rid, status=r.status, tags=dict(r.tags))
+            for rid, r in self.runs.items()
+            if r.tags.get(JOB_TAG) and (job_id is None or r.tags[JOB_TAG] == job_id)
+            if not running or r.status == "RUNNING"
+        ]
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.runs[run_id].status = status

@@ -9,8 +9,9 @@
 3. ``register_candidate``: log the run (params, metrics, inputs, plots, export artifacts) and
    register the model as a new version -> ``registry.Registered``;
 4. ``decide_and_publish``: approval gate (``gate.decide``) against the champion evaluated on
-   the SAME data -> on promotion export to MODEL_DIR, move the ``champion`` alias and record
-   ONE promotion event (``history.record``) -> decision tags on the version and the run.
+   the SAME data -> decision tags on the version -> on promotion the champion change as one
+   transaction (``promotion.publish``: intent, staged export, alias, ONE promotion event,
+   ``current``, champion marker) -> the decision on the run.
 
 The registry is any ``registry.Registry`` (``MlflowRegistry`` in the service, ``InMemoryRegistry``
 in unit tests). One lock serialises every change of the champion (gate, promote, rollback), so a
@@ -34,7 +35,6 @@ import pandas as pd
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import (
     GateDecision,
-    PromotionEvent,
     RetrainRequest,
     TrainResult,
 )
@@ -44,12 +44,14 @@ from gradeflow_shared.http import ServiceClient
 
 from . import gate
 from . import history as hist
+from . import promotion as pr
 from .config import TrainerSettings
-from .export import export_model, load_export
+from .export import export_model, kept_export, load_export
+from .jobs import current_job_id
 from .labelled import REASONS, LabelledRows, clean_labelled
-from .pipeline import FitResult, evaluate, fit, naive_metrics, prepare_frame, split
+from .pipeline import FitResult, evaluate, fit, naive_metrics, split
 from .progress import Progress, no_progress
-from .registry import ALIAS, LoggedInput, Registered, Registry, RunRecord
+from .registry import ALIAS, JOB_TAG, LoggedInput, Registered, Registry, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +60,14 @@ PAGE_LIMIT = 1000
 EvalSets = dict[str, tuple[pd.DataFrame, pd.Series]]
 
 
+history = pr.history  # the history file: a view of the registry's promotion events (``history``)
+
+
 def mlflow_registry(settings: TrainerSettings) -> Registry:
     """The service's registry: the MLflow server of MLFLOW_TRACKING_URI."""
     from .mlflow_io import MlflowRegistry
 
     return MlflowRegistry(settings)
-
-
-def history(settings: TrainerSettings) -> hist.History:
-    """The history file (a view of the registry's promotion events, see ``history``)."""
-    return hist.History(settings.service_dir("trainer"))
-
-
-def sync_history(settings: TrainerSettings, registry: Registry) -> None:
-    """Rewrite the views of the history from the registry's events (at start-up)."""
-    hist.write_views(registry, history(settings), registry.promotion_events())
 
 
 # ------------------------------------------------------------------ stage 1: data
@@ -368,6 +363,7 @@ def run_record(
             "gradeflow.dataset": spec.name,
             "gradeflow.dataset_fingerprint": data.fingerprint,
             "gradeflow.monitor_run_id": request.monitor_run_id or "",
+            **({JOB_TAG: job_id} if (job_id := current_job_id()) else {}),
         },
         params={
             "dataset": spec.name,
@@ -416,8 +412,9 @@ def register_candidate(
 
 # ------------------------------------------------------------------ stage 4: gate + publish
 def _champion_pipeline(settings: TrainerSettings, registry: Registry, version: int, tmp: Path) -> Any:
-    """The champion's fitted pipeline: from its kept export (sha256-checked), else from the registry."""
-    export_dir = mf.find_export(settings.models_path, version)
+    """The champion's fitted pipeline: from its kept export (same run, sha256-checked), else from the
+    registry."""
+    export_dir = kept_export(settings.models_path, version, registry.version(version).run_id)
     if export_dir is not None:
         try:
             return load_export(export_dir)[1]
@@ -464,25 +461,21 @@ def judge(
     )
 
 
-def _make_champion(
-    settings: TrainerSettings,
-    registry: Registry,
-    version: int,
-    previous: int | None,
-    action: str,
-    reason: str,
-) -> PromotionEvent:
-    """Move the alias and record the one promotion event (the export is already in place)."""
-    registry.set_champion(version)
-    event = hist.make_event(registry.model_name, version, previous, action, reason)
-    hist.record(registry, history(settings), event)
-    return event
-
-
 @dataclass(frozen=True)
 class Published:
     decision: GateDecision
     export_dir: Path | None
+
+
+def _decision_tags(decision: GateDecision, data: TrainingData, request: RetrainRequest) -> dict[str, str]:
+    return {
+        "gate.promoted": str(decision.promoted).lower(),
+        "gate.reason": decision.reason,
+        "gate.decision": decision.model_dump_json(),
+        "gradeflow.dataset": data.spec.name,
+        "gradeflow.dataset_fingerprint": data.fingerprint,
+        "gradeflow.reason": request.reason,
+    }
 
 
 def decide_and_publish(
@@ -494,15 +487,32 @@ def decide_and_publish(
     request: RetrainRequest,
     report: Progress = no_progress,
 ) -> Published:
-    """Gate -> (export -> alias -> promotion event) -> decision tags on the version and the run."""
+    """Gate -> decision tags on the version (when approved: inside the champion change,
+    ``promotion.publish``, after its intent) -> the decision on the run. A failed export turns the
+    decision into "not promoted" (tags rewritten)."""
     version = registered.version
+    pr.wait_reconciled(settings)
     with CHAMPION_LOCK:
         decision = judge(settings, registry, version, cand, data.eval_sets())
         export_dir: Path | None = None
-        if decision.promoted:
+        if not decision.promoted:
+            registry.set_version_tags(version, _decision_tags(decision, data, request))
+            pr.fault(settings, "train", "decided")
+        else:
             report("export", 0.9)
-            try:
-                export_dir = export_model(
+            intent = pr.Intent(
+                op="train",
+                action="gate",
+                model_name=registry.model_name,
+                from_version=decision.champion_version,
+                to_version=version,
+                to_run_id=registered.run_id,
+                job_id=current_job_id(),
+                reason=decision.reason,
+            )
+
+            def stage() -> Path:
+                return export_model(
                     settings.models_path,
                     cand.pipeline,
                     data.columns,
@@ -521,6 +531,18 @@ def decide_and_publish(
                     target_min=data.spec.target_min,
                     target_max=data.spec.target_max,
                     model_uri=registered.model_uri,
+                    swap_current=False,
+                )
+
+            try:
+                _, export_dir = pr.publish(
+                    settings,
+                    registry,
+                    intent,
+                    stage,
+                    decide=lambda: registry.set_version_tags(
+                        version, _decision_tags(decision, data, request)
+                    ),
                 )
             except ExportError as exc:
                 decision = decision.model_copy(
@@ -530,21 +552,7 @@ def decide_and_publish(
                     }
                 )
                 logger.error("export of v%d failed: %s", version, exc.message)
-            else:
-                _make_champion(
-                    settings, registry, version, decision.champion_version, "gate", decision.reason
-                )
-        registry.set_version_tags(
-            version,
-            {
-                "gate.promoted": str(decision.promoted).lower(),
-                "gate.reason": decision.reason,
-                "gate.decision": decision.model_dump_json(),
-                "gradeflow.dataset": data.spec.name,
-                "gradeflow.dataset_fingerprint": data.fingerprint,
-                "gradeflow.reason": request.reason,
-            },
-        )
+                registry.set_version_tags(version, _decision_tags(decision, data, request))
         registry.record_run_decision(registered.run_id, decision)
     logger.info(
         "gate: v%d %s: %s", version, "PROMOTED" if decision.promoted else "not promoted", decision.reason
@@ -587,47 +595,6 @@ def train_once(
 
 
 # ------------------------------------------------------------------ promote / rollback
-def _ensure_export(settings: TrainerSettings, registry: Registry, version: int, reason: str) -> Path:
-    """Point MODEL_DIR/current at an export of ``version``: a kept one, else rebuilt from the registry."""
-    kept = mf.find_export(settings.models_path, version)
-    if kept is not None:
-        try:
-            mf.verify_files(kept, mf.read_manifest(kept), keys=("model", "onnx"))
-            mf.point_current(settings.models_path, kept, reason=reason, version=version)
-            return kept
-        except ExportError as exc:
-            logger.warning("kept export %s unusable (%s); rebuilding from MLflow", kept, exc.message)
-    mv = registry.version(version)
-    with tempfile.TemporaryDirectory(prefix="gradeflow-export-") as tmpd:
-        tmp = Path(tmpd)
-        pipe = registry.load_model(version, tmp / "model")
-        art = registry.export_artifacts(mv.run_id, tmp / "art")
-        columns = [ColumnSpec.model_validate(c) for c in json.loads((art / "columns.json").read_text())]
-        meta = json.loads((art / "meta.json").read_text())
-        ref = pd.read_csv(art / "reference.csv")
-        target = meta["target"]
-        return export_model(
-            settings.models_path,
-            pipe,
-            columns,
-            prepare_frame(ref, columns),
-            ref[target].astype(float),
-            target=target,
-            model_name=registry.model_name,
-            version=version,
-            run_id=mv.run_id,
-            metrics=meta.get("metrics", {}),
-            dataset=meta.get("dataset", ""),
-            fingerprint=meta.get("fingerprint", ""),
-            reason=reason,
-            reference_rows=settings.reference_rows,
-            keep=settings.export_keep,
-            target_min=meta.get("target_min"),
-            target_max=meta.get("target_max"),
-            model_uri=mv.source,
-        )
-
-
 def promote(
     settings: TrainerSettings,
     version: int,
@@ -635,13 +602,25 @@ def promote(
     action: str = "promote",
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Make ``version`` the champion: export it, move the alias, record the event."""
+    """Make ``version`` the champion (``promotion.publish``: intent, export, alias, event, current,
+    marker)."""
     registry = registry or mlflow_registry(settings)
+    pr.wait_reconciled(settings)
     with CHAMPION_LOCK:
-        registry.version(version)  # NotFound -> 404
+        mv = registry.version(version)  # NotFound -> 404
         previous = registry.champion_version()
-        export_dir = _ensure_export(settings, registry, version, reason)
-        event = _make_champion(settings, registry, version, previous, action, reason)
+        intent = pr.Intent(
+            op="rollback" if action == "rollback" else "promote",
+            action="rollback" if action == "rollback" else "promote",
+            model_name=registry.model_name,
+            from_version=previous,
+            to_version=version,
+            to_run_id=mv.run_id,
+            reason=reason,
+        )
+        event, export_dir = pr.publish(
+            settings, registry, intent, lambda: pr.stage_export(settings, registry, mv, reason)
+        )
     logger.info("%s: %s v%s -> v%d (%s)", action, registry.model_name, previous, version, reason)
     return {
         "model_name": registry.model_name,
