@@ -175,6 +175,15 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     # much better on the current distribution, worse on the old base holdout: promoted, recent data decides
     assert d.challenger["recent_labelled_rmse"] < d.champion["recent_labelled_rmse"] * 0.95
     assert d.promoted and "drifted" in d.reason, d.reason
+    # decided on evidence: the paired interval on the same 120 recent rows excludes zero
+    assert d.deciding_set == "recent_labelled" and d.rows == 120 and d.min_rows == settings.gate_min_rows
+    assert d.effect_low is not None and d.effect_low > 0 and d.more_labels_needed is None
+    tags = reg.version(2).tags
+    assert float(tags["gate.effect"]) == pytest.approx(d.effect, rel=1e-4) and tags["gate.rows"] == "120"
+    assert tags["gate.mae.base_holdout"].startswith("champion ")
+    run = reg.runs[r.run_id]
+    assert run.record.tags["gradeflow.production_mix"] == run.record.params["production_mix"] != "none"
+    assert "production_mix.json" in run.artifacts
     assert reg.champion_version() == 2 and current_version(settings)[1] == 2
     # the refused rows are counted in the result, the run's params and metrics
     assert r.rows["production_dropped"] == 4 and r.rows["production_dropped_label_out_of_range"] == 3
@@ -188,6 +197,23 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     assert notes == [
         "production data: 400 labelled rows used, 4 dropped (label_out_of_range 3, request_id_duplicate 1)"
     ]
+
+
+def test_too_few_recent_labelled_rows_keep_the_champion(
+    settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = InMemoryRegistry()
+    train(settings, reg, monkeypatch)
+    df = generate(200, seed=11, scenario="concept_study_hours")
+    prod = LabelledRows(P.prepare_frame(df, COLUMNS), df[TARGET].astype(float), {})
+    monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: prod)
+    r = train(settings, reg, monkeypatch)
+    d = r.decision
+    assert d.rows == 60 and not d.promoted and not r.exported
+    assert "only 60 recent labelled rows (GATE_MIN_ROWS=100)" in d.reason
+    assert d.more_labels_needed is not None and d.more_labels_needed >= 40
+    assert reg.champion_version() == 1
+    assert reg.version(2).tags["gate.more_labels_needed"] == str(d.more_labels_needed)
 
 
 def test_malformed_dataset_is_refused_before_anything_is_registered(

@@ -64,9 +64,8 @@ def test_clear_gain_with_enough_rows_promotes_and_records_the_evidence() -> None
     )
     tags = decision_tags(d)
     assert tags["gate.rows"] == "200" and tags["gate.effect"] == "0.4"
-    assert (
-        tags["gate.champion.base_holdout_mae"] == "1" and tags["gate.challenger.recent_labelled_mae"] == "1.6"
-    )
+    assert tags["gate.mae.base_holdout"] == "champion 1.0000, challenger 1.0000"
+    assert tags["gate.mae.recent_labelled"] == "champion 2.0000, challenger 1.6000"
     assert tags["gate.effect_interval"].startswith("[")
 
 

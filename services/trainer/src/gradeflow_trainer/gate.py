@@ -250,10 +250,8 @@ def decision_tags(decision: GateDecision) -> dict[str, str]:
         tags["gate.test"] = decision.test
     if decision.more_labels_needed is not None:
         tags["gate.more_labels_needed"] = str(decision.more_labels_needed)
-    for who, metrics in (("challenger", decision.challenger), ("champion", decision.champion)):
-        for name in (BASE, RECENT):
-            for m in ("mae", "rmse"):
-                v = metrics.get(f"{name}_{m}")
-                if v is not None:
-                    tags[f"gate.{who}.{name}_{m}"] = f"{v:.6g}"
+    for name in (BASE, RECENT):
+        a, b = decision.champion.get(f"{name}_mae"), decision.challenger.get(f"{name}_mae")
+        if a is not None and b is not None:
+            tags[f"gate.mae.{name}"] = f"champion {a:.4f}, challenger {b:.4f}"
     return tags

@@ -166,7 +166,7 @@ def choose(
     scores: dict[str, float] = {}
     for i, name in enumerate(CANDIDATES):
         if report:
-            report(f"production mix: validate {name}", i / len(CANDIDATES))
+            report(f"validate mix {name}", i / len(CANDIDATES))
         fitted = refit(
             name, Xb, yb, Xf, yf, columns, seed=seed, search=False, fitter=fitter, candidates=cheap
         )
