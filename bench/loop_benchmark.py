@@ -168,6 +168,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         best = min(REFERENCES, key=lambda m: stats[m][0])
         bmean, bse = stats[best]
         ok = stats["platform"][0] <= bmean + (0.0 if math.isnan(bse) else bse)
+        paired = {ref: _mean_se([r["mae"]["platform"] - r["mae"][ref] for r in rs]) for ref in ("old", best)}
         out.append(
             {
                 "scenario": name,
@@ -176,6 +177,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stats": stats,
                 "best": best,
                 "ok": ok,
+                "paired": paired,
                 "mix": Counter(r["mix"] for r in rs),
                 "promoted": sum(r["promoted"] for r in rs),
                 "secs": float(np.mean([r["platform_secs"] for r in rs])),
@@ -187,9 +189,10 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
         "| scenario | source / labelled / held-out rows | old (v1) | platform (v2) | RF-300 base+labelled | "
-        "RF-300 labelled only | best reference | platform <= best + SE | mixes chosen | gate promoted v2 |"
+        "RF-300 labelled only | best reference | platform <= best + SE | platform - best (paired) | "
+        "platform - old (paired) | mixes chosen | gate promoted v2 |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         st = s["stats"]
         cells = [f"{st[m][0]:.3f} ± {st[m][1]:.3f}" for m in MODELS]
@@ -198,7 +201,9 @@ def table(summary: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {s['scenario']} | {rows['source']} / {rows['labelled']} / {rows['held_out']} | "
             + " | ".join(cells)
-            + f" | {s['best']} | {'yes' if s['ok'] else 'NO'} | {mixes} | {s['promoted']}/{s['seeds']} |"
+            + f" | {s['best']} | {'yes' if s['ok'] else 'NO'} | "
+            + " | ".join(f"{s['paired'][k][0]:+.3f} ± {s['paired'][k][1]:.3f}" for k in (s["best"], "old"))
+            + f" | {mixes} | {s['promoted']}/{s['seeds']} |"
         )
     return "\n".join(lines)
 
@@ -234,7 +239,8 @@ def report(
             "Rule: the platform is at least as good as the best reference when its mean <= the best "
             "reference's mean + that reference's standard error. The platform trains on the labelled rows "
             "minus the gate's holdout (the most recent PRODUCTION_HOLDOUT share); the references train on all "
-            "of them. 'gate promoted v2': the gate's verdict on v2 vs v1 on the recent labelled holdout "
+            "of them. 'paired': the per-seed difference in MAE, mean ± SE over seeds (negative = the platform "
+            "is better). 'gate promoted v2': the gate's verdict on v2 vs v1 on the recent labelled holdout "
             "(GATE_MIN_ROWS, paired bootstrap).",
             "",
             table(summary),

@@ -32,10 +32,22 @@ def test_a_shifted_population_is_not_ignored_and_every_candidate_is_scored() -> 
     Xp, yp = frame(150, 1, shift=-4.0)  # the same features, grades 4 points lower
     choice = mix.choose(Xb, yb, Xp, yp, COLUMNS, fitter=fit_small)
     assert set(choice.scores) == set(mix.CANDIDATES)
-    assert choice.validation_rows == 45 and choice.fit_rows == 105
+    assert choice.validation_rows == 45 and choice.fit_rows == 105 and "lowest MAE" in choice.reason
     assert choice.chosen != "base_only" and choice.scores["base_only"] > 2 * choice.scores[choice.chosen]
     assert choice.chosen in choice.reason
     assert json.loads(choice.as_json())["validation_mae"] == choice.scores
+
+
+def test_a_mix_beats_pooling_only_beyond_one_standard_error() -> None:
+    rng = np.random.default_rng(0)
+    pooled = rng.uniform(0.0, 4.0, 40)
+    noisy = {"pooled": pooled, "residual": np.clip(pooled - 0.05 + rng.normal(0, 1.0, 40), 0, None)}
+    noisy["residual"] += (pooled.mean() - 0.05) - noisy["residual"].mean()  # 0.05 better on average
+    chosen, reason = mix.pick(noisy)
+    assert chosen == "pooled" and "residual not better than pooled by more than one standard error" in reason
+    clear = {"pooled": pooled, "residual": pooled - 0.5 + rng.normal(0, 0.2, 40)}
+    assert mix.pick(clear)[0] == "residual"
+    assert mix.pick({"pooled": pooled, "base_only": pooled + 0.1})[0] == "pooled"
 
 
 def test_validation_uses_the_most_recent_rows_only() -> None:

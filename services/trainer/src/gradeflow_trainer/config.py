@@ -42,20 +42,21 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         default=0.01,
         ge=0.0,
         lt=1.0,
-        description="Relative RMSE improvement a challenger needs over the champion (or, for a first model, "
-        "over the naive baseline) on the same evaluation data (PROMOTION_MIN_IMPROVEMENT; 0.01 = 1%).",
+        description="Relative improvement a challenger needs (PROMOTION_MIN_IMPROVEMENT; 0.01 = 1%): in MAE "
+        "over the champion on the same rows (its paired 95% interval must also exclude zero), or, for a first "
+        "model, in RMSE over the naive baseline.",
     )
     gate_base_tolerance: float = Field(
         default=0.05,
         ge=0.0,
         description="When labelled production data decides and it is NOT drifted, the challenger may be at "
-        "most this much worse (relative RMSE) than the champion on the base holdout (GATE_BASE_TOLERANCE).",
+        "most this much worse (relative MAE) than the champion on the base holdout (GATE_BASE_TOLERANCE).",
     )
     gate_drift_ratio: float = Field(
         default=0.15,
         ge=0.0,
-        description="The labelled production data counts as drifted when the champion's RMSE on it exceeds "
-        "its base-holdout RMSE by more than this ratio (GATE_DRIFT_RATIO); then the base holdout no longer "
+        description="The labelled production data counts as drifted when the champion's MAE on it exceeds "
+        "its base-holdout MAE by more than this ratio (GATE_DRIFT_RATIO); then the base holdout no longer "
         "blocks a promotion.",
     )
     gate_min_rows: int = Field(

@@ -4,6 +4,7 @@ A retrain has the base training rows and the labelled production training rows (
 the gate's holdout, the most recent rows of all, is already set aside and never seen here). The
 candidate mixes:
 
+* ``pooled``: base + production rows, every row counting once (the safe default);
 * ``base_only``: the production rows are ignored;
 * ``weighted_x0.5``, ``weighted_x1``, ``weighted_x3``: base + production rows, each production
   row weighted so that the production rows count 0.5, 1 or 3 times as much as the base rows in
@@ -15,10 +16,12 @@ candidate mixes:
 
 ``choose`` fits every candidate once, cheaply (the default model family, no search, at most
 ``CHEAP_TREES`` trees), on the base rows + the older ``1 - VALIDATION_SHARE`` of the production
-rows and scores it (MAE) on the most recent ``VALIDATION_SHARE`` of them; the lowest MAE wins
-(ties: the earlier candidate in the list above). ``refit`` then fits the winner the usual way
-(search when TRAIN_SEARCH) on all the production training rows. With fewer than
-``MIN_VALIDATION_ROWS`` rows to validate on, ``weighted_x1`` is used without validation.
+rows and scores it (MAE) on the most recent ``VALIDATION_SHARE`` of them. The lowest MAE wins only when it
+beats ``pooled`` by more than one standard error of the paired per-row differences (a one-SE
+rule: a few dozen validation rows are noisy, and a confident wrong choice costs more than
+pooling); else ``pooled`` is used. ``refit`` then fits the winner the usual way (search when
+TRAIN_SEARCH) on all the production training rows. With fewer than ``MIN_VALIDATION_ROWS`` rows
+to validate on, ``pooled`` is used without validation.
 """
 
 from __future__ import annotations
@@ -31,17 +34,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor, VotingRegressor
-from sklearn.metrics import mean_absolute_error
 from sklearn.pipeline import Pipeline
 
 from . import pipeline as P
 
 SHARES = (0.5, 1.0, 3.0)
-CANDIDATES = ("base_only", *(f"weighted_x{s:g}" for s in SHARES), "production_only", "residual")
-DEFAULT = "weighted_x1"
+CANDIDATES = ("pooled", "base_only", *(f"weighted_x{s:g}" for s in SHARES), "production_only", "residual")
+DEFAULT = "pooled"
 VALIDATION_SHARE = 0.3
 MIN_VALIDATION_ROWS = 10
-CHEAP_TREES = 200
+CHEAP_TREES = 100
 RESIDUAL_PARAMS = {"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.5}
 
 Fitter = Callable[..., P.FitResult]  # ``pipeline.fit`` or a stand-in with its signature
@@ -124,6 +126,10 @@ def refit(
         return fitter(Xb, yb, columns, **kw)
     if name == "production_only":
         return fitter(Xp, yp, columns, **kw)
+    if name == "pooled":
+        return fitter(
+            pd.concat([Xb, Xp], ignore_index=True), pd.concat([yb, yp], ignore_index=True), columns, **kw
+        )
     if name == "residual":
         base = fitter(Xb, 2.0 * yb, columns, **kw)
         pipe = _residual_pipeline(base.pipeline, P.prepare_frame(Xp, columns), yp, seed)
@@ -136,6 +142,23 @@ def refit(
     y = pd.concat([yb, yp], ignore_index=True)
     weights = np.concatenate([np.ones(len(Xb)), np.full(len(Xp), w)])
     return fitter(X, y, columns, sample_weight=weights, **kw)
+
+
+def pick(errors: dict[str, np.ndarray]) -> tuple[str, str]:
+    """The winner among the candidates' per-row validation |errors| (one-SE rule against DEFAULT), and why."""
+    scores = {name: float(e.mean()) for name, e in errors.items()}
+    best = min(errors, key=lambda c: scores[c])
+    ranked = ", ".join(f"{c} {scores[c]:.3f}" for c in sorted(errors, key=lambda c: scores[c]))
+    where = f"MAE on the {len(errors[best])} most recent production training rows ({ranked})"
+    if best != DEFAULT and DEFAULT in errors:
+        diff = errors[DEFAULT] - errors[best]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+        if diff.mean() <= se:
+            return DEFAULT, (
+                f"{best} not better than {DEFAULT} by more than one standard error "
+                f"({diff.mean():.3f} <= {se:.3f}); {where}"
+            )
+    return best, f"lowest {where}"
 
 
 def choose(
@@ -163,20 +186,14 @@ def choose(
     Xv, yv = Xp.iloc[n_fit:].reset_index(drop=True), yp.iloc[n_fit:].reset_index(drop=True)
     Xv_prep = P.prepare_frame(Xv, columns)
     cheap = _cheap(len(Xb) + len(Xp))
-    scores: dict[str, float] = {}
+    errors: dict[str, np.ndarray] = {}
     for i, name in enumerate(CANDIDATES):
         if report:
             report(f"validate mix {name}", i / len(CANDIDATES))
         fitted = refit(
             name, Xb, yb, Xf, yf, columns, seed=seed, search=False, fitter=fitter, candidates=cheap
         )
-        scores[name] = float(mean_absolute_error(yv, fitted.pipeline.predict(Xv_prep)))
-    best = min(CANDIDATES, key=lambda c: scores[c])
-    ranked = ", ".join(f"{c} {scores[c]:.3f}" for c in sorted(CANDIDATES, key=lambda c: scores[c]))
-    return MixChoice(
-        chosen=best,
-        scores=scores,
-        fit_rows=n_fit,
-        validation_rows=n_val,
-        reason=f"lowest MAE on the {n_val} most recent production training rows ({ranked})",
-    )
+        errors[name] = np.abs(np.asarray(fitted.pipeline.predict(Xv_prep), dtype=float) - yv.to_numpy(float))
+    chosen, reason = pick(errors)
+    scores = {name: float(e.mean()) for name, e in errors.items()}
+    return MixChoice(chosen=chosen, scores=scores, fit_rows=n_fit, validation_rows=n_val, reason=reason)

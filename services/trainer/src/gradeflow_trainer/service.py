@@ -398,7 +398,7 @@ def mix_params(data: TrainingData, choice: mixing.MixChoice | None) -> dict[str,
     weight: float = 0.0
     if choice.chosen.startswith("weighted_x"):
         weight = mixing.production_row_weight(choice.chosen, data.base_train_rows, len(Xp))
-    elif choice.chosen in ("production_only", "residual"):
+    elif choice.chosen in ("pooled", "production_only", "residual"):
         weight = 1.0
     return {
         "production_mix": choice.chosen,
