@@ -47,12 +47,14 @@ def mm(base: tuple[float, float], recent: tuple[float, float] | None = None) -> 
     return out
 
 
+def vs_champion(chal: dict[str, float], champ: dict[str, float], errors: Any, **kw: Any) -> Any:
+    """The gate's verdict on ``chal`` against champion v1 (margin 1%, GATE_MIN_ROWS 100)."""
+    return decide(chal, champ, {}, margin=0.01, errors=errors, min_rows=100, champion_version=1, **kw)
+
+
 def test_clear_gain_with_enough_rows_promotes_and_records_the_evidence() -> None:
     errors = {RECENT: e(1.6, 2.0, 200, noise=0.5), BASE: e(1.0, 1.0, 150, noise=0.3)}
-    d = decide(
-        mm((1.0, 1.3), (1.6, 2.1)), mm((1.0, 1.3), (2.0, 2.5)), {}, margin=0.01,
-        errors=errors, min_rows=100, champion_version=1, challenger_version=2,
-    )  # fmt: skip
+    d = vs_champion(mm((1.0, 1.3), (1.6, 2.1)), mm((1.0, 1.3), (2.0, 2.5)), errors, challenger_version=2)
     assert d.promoted, d.reason
     assert d.deciding_set == RECENT and d.rows == 200 and d.min_rows == 100 and d.metric == "mae"
     assert d.effect == pytest.approx(0.4) and 0 < d.effect_low < 0.4 < d.effect_high  # type: ignore[operator]
@@ -71,10 +73,7 @@ def test_clear_gain_with_enough_rows_promotes_and_records_the_evidence() -> None
 
 def test_small_noisy_gain_keeps_the_champion_and_says_how_many_labels_are_needed() -> None:
     errors = {RECENT: e(1.94, 2.0, 150, noise=1.0), BASE: e(1.0, 1.0, 150)}
-    d = decide(
-        mm((1.0, 1.3), (1.94, 2.4)), mm((1.0, 1.3), (2.0, 2.5)), {}, margin=0.01,
-        errors=errors, min_rows=100, champion_version=1,
-    )  # fmt: skip
+    d = vs_champion(mm((1.0, 1.3), (1.94, 2.4)), mm((1.0, 1.3), (2.0, 2.5)), errors)
     assert not d.promoted and "interval reaches zero" in d.reason
     assert d.effect_low is not None and d.effect_low <= 0 < d.effect  # type: ignore[operator]
     # sd 1.0, gain 0.06: (1.96 * 1.0 / 0.06)^2 ~ 1067 rows in total, 150 there
@@ -85,43 +84,32 @@ def test_small_noisy_gain_keeps_the_champion_and_says_how_many_labels_are_needed
 
 def test_too_few_recent_rows_keep_the_champion_even_with_a_clear_gain() -> None:
     errors = {RECENT: e(1.0, 2.0, 71, noise=0.3), BASE: e(1.0, 1.0, 150)}
-    d = decide(
-        mm((1.0, 1.3), (1.0, 1.3)), mm((1.0, 1.3), (2.0, 2.5)), {}, margin=0.01,
-        errors=errors, min_rows=100, champion_version=1,
-    )  # fmt: skip
+    d = vs_champion(mm((1.0, 1.3), (1.0, 1.3)), mm((1.0, 1.3), (2.0, 2.5)), errors)
     assert not d.promoted and "only 71 recent labelled rows (GATE_MIN_ROWS=100)" in d.reason
     assert d.more_labels_needed == 29 and d.rows == 71 and d.effect == pytest.approx(1.0)
 
 
 def test_gain_below_the_margin_and_a_worse_challenger_keep_the_champion() -> None:
-    tiny = decide(
-        mm((0.995, 1.3)), mm((1.0, 1.3)), {}, margin=0.01, errors={BASE: e(0.995, 1.0, 5000)},
-        champion_version=1,
-    )  # fmt: skip
+    tiny = vs_champion(mm((0.995, 1.3)), mm((1.0, 1.3)), {BASE: e(0.995, 1.0, 5000)})
     assert not tiny.promoted and "below the required" in tiny.reason
-    worse = decide(
-        mm((1.2, 1.5)), mm((1.0, 1.3)), {}, margin=0.01, errors={BASE: e(1.2, 1.0, 300, noise=0.2)},
-        champion_version=1,
-    )  # fmt: skip
+    worse = vs_champion(mm((1.2, 1.5)), mm((1.0, 1.3)), {BASE: e(1.2, 1.0, 300, noise=0.2)})
     assert not worse.promoted and worse.effect is not None and worse.effect < 0
     # without the rows of both models nothing is promoted
-    assert not decide(mm((0.5, 0.6)), mm((1.0, 1.3)), {}, margin=0.01, champion_version=1).promoted
+    assert not vs_champion(mm((0.5, 0.6)), mm((1.0, 1.3)), None).promoted
 
 
 def test_base_holdout_guard_unless_the_recent_data_is_drifted() -> None:
     errors = {RECENT: e(0.9, 1.0, 400, noise=0.2), BASE: e(1.2, 1.0, 150)}
     # not drifted (champion as good on recent data as on base), challenger much worse on base: kept
-    d = decide(
-        mm((1.2, 1.5), (0.9, 1.2)), mm((1.0, 1.3), (1.0, 1.3)), {}, margin=0.01,
-        errors=errors, base_tolerance=0.05, drift_ratio=0.15,
-    )  # fmt: skip
+    d = vs_champion(
+        mm((1.2, 1.5), (0.9, 1.2)), mm((1.0, 1.3), (1.0, 1.3)), errors, base_tolerance=0.05, drift_ratio=0.15
+    )
     assert not d.promoted and "not drifted" in d.reason
     # drifted (champion errs far more on recent data): promoted, and the trade-off is spelled out
     errors = {RECENT: e(1.8, 2.3, 400, noise=0.3), BASE: e(1.14, 1.0, 150)}
-    d = decide(
-        mm((1.14, 1.4), (1.8, 2.2)), mm((1.0, 1.3), (2.3, 2.8)), {}, margin=0.01,
-        errors=errors, base_tolerance=0.05, drift_ratio=0.15,
-    )  # fmt: skip
+    d = vs_champion(
+        mm((1.14, 1.4), (1.8, 2.2)), mm((1.0, 1.3), (2.3, 2.8)), errors, base_tolerance=0.05, drift_ratio=0.15
+    )
     assert d.promoted and "drifted" in d.reason, d.reason
     assert "base_holdout MAE 1.0000 -> 1.1400 (-14.0%)" in d.reason
 

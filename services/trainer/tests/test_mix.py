@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gradeflow_shared.contracts import RetrainRequest
-from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
-from gradeflow_trainer import mix, service
+from gradeflow_shared.synth import COLUMNS, TARGET, generate
+from gradeflow_trainer import mix
 from gradeflow_trainer import pipeline as P
-from gradeflow_trainer.config import TrainerSettings
-from gradeflow_trainer.labelled import LabelledRows
 
 SMALL = [("rf", {"n_estimators": 20, "min_samples_leaf": 3})]
 fit_small = functools.partial(P.fit, candidates=SMALL)
@@ -30,7 +26,7 @@ def frame(n: int, seed: int, shift: float = 0.0) -> tuple[pd.DataFrame, pd.Serie
 def test_a_shifted_population_is_not_ignored_and_every_candidate_is_scored() -> None:
     Xb, yb = frame(600, 0)
     Xp, yp = frame(150, 1, shift=-4.0)  # the same features, grades 4 points lower
-    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS, fitter=fit_small)
+    choice = mix.choose(mix.Rows(Xb, yb, Xp, yp), COLUMNS, fitter=fit_small)
     assert set(choice.scores) == set(mix.CANDIDATES)
     assert choice.validation_rows == 45 and choice.fit_rows == 105 and "lowest MAE" in choice.reason
     assert choice.chosen != "base_only" and choice.scores["base_only"] > 2 * choice.scores[choice.chosen]
@@ -54,7 +50,7 @@ def test_validation_uses_the_most_recent_rows_only() -> None:
     Xb, yb = frame(400, 0)
     Xp, yp = frame(100, 1)
     yp.iloc[70:] = yp.iloc[70:] + 6.0  # only the most recent 30 rows moved: base + old rows cannot know
-    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS, fitter=fit_small)
+    choice = mix.choose(mix.Rows(Xb, yb, Xp, yp), COLUMNS, fitter=fit_small)
     assert choice.validation_rows == 30
     # every candidate trained on the older 70 rows only: all of them miss the recent shift
     assert min(choice.scores.values()) > 3.0
@@ -63,7 +59,7 @@ def test_validation_uses_the_most_recent_rows_only() -> None:
 def test_too_few_rows_to_validate_use_the_default_and_a_fixed_weight_skips_validation() -> None:
     Xb, yb = frame(300, 0)
     Xp, yp = frame(20, 1)
-    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS, fitter=fit_small)
+    choice = mix.choose(mix.Rows(Xb, yb, Xp, yp), COLUMNS, fitter=fit_small)
     assert choice.chosen == mix.DEFAULT and choice.scores == {} and "too few" in choice.reason
     assert mix.fixed(3).chosen == "weighted_x3"
     assert mix.production_row_weight("weighted_x3", 300, 20) == pytest.approx(45.0)
@@ -73,53 +69,10 @@ def test_residual_model_adds_the_residual_forest_and_compiles_to_onnx() -> None:
     Xb, yb = frame(500, 0)
     Xp, yp = frame(200, 1, shift=-3.0)
     base = fit_small(Xb, yb, COLUMNS, search=False)
-    res = mix.refit("residual", Xb, yb, Xp, yp, COLUMNS, search=False, fitter=fit_small)
+    res = mix.refit("residual", mix.Rows(Xb, yb, Xp, yp), COLUMNS, search=False, fitter=fit_small)
     Xt, yt = frame(200, 2, shift=-3.0)
     assert P.evaluate(res.pipeline, Xt, yt)["mae"] < P.evaluate(base.pipeline, Xt, yt)["mae"] - 1.0
     _, diff = P.compile_onnx(res.pipeline, COLUMNS, Xt.head(50))
     assert diff <= P.ONNX_TOLERANCE
     with pytest.raises(ValueError, match="unknown production mix"):
-        mix.refit("half", Xb, yb, Xp, yp, COLUMNS, fitter=fit_small)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> TrainerSettings:
-    spec = tmp_path / "synthetic.json"
-    spec.write_text(synthetic_spec(rows=800, seed=0).model_dump_json())
-    return TrainerSettings(
-        data_dir=tmp_path / "data",
-        admin_token="unit-test-token-0123456789",
-        inference_url="",
-        dataset=str(spec),
-        train_search=False,
-    )
-
-
-def test_fit_candidate_chooses_on_production_training_rows_never_the_gate_holdout(
-    settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    X, y = frame(200, 7, shift=-4.0)
-    monkeypatch.setattr(service, "fit", fit_small)
-    data = service.assemble_data(settings, RetrainRequest(), pull=lambda *_: LabelledRows(X, y))
-    seen: list[int] = []
-    real = mix.choose
-
-    def spy(
-        Xb: pd.DataFrame, yb: pd.Series, Xp: pd.DataFrame, yp: pd.Series, *a: object, **k: object
-    ) -> object:
-        seen.append(len(Xp))
-        assert np.allclose(yp.to_numpy(), y.iloc[: len(Xp)].to_numpy())  # the oldest rows, in order
-        return real(Xb, yb, Xp, yp, *a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(mix, "choose", spy)
-    stages: list[str] = []
-    cand = service.fit_candidate(settings, data, lambda s, _f: stages.append(s))
-    assert seen == [140] and data.rows["production_holdout"] == 60  # 200 rows, 30% held out for the gate
-    assert cand.mix is not None and cand.mix.chosen != "base_only"
-    assert [s for s in stages if s.startswith("production mix: ")] == [service.mix_note(cand.mix)]
-    params = service.mix_params(data, cand.mix)
-    assert params["production_mix"] == cand.mix.chosen and params["production_mix_validation_rows"] == 42
-    # PRODUCTION_WEIGHT set: no validation, that share
-    fixed = service.fit_candidate(settings.model_copy(update={"production_weight": 3}), data)
-    assert fixed.mix is not None and fixed.mix.chosen == "weighted_x3" and fixed.mix.scores == {}
-    assert service.mix_params(data, fixed.mix)["production_weight"] == pytest.approx(3 * 640 / 140, abs=1e-3)
+        mix.refit("half", mix.Rows(Xb, yb, Xp, yp), COLUMNS, fitter=fit_small)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,15 @@ CHEAP_TREES = 100
 RESIDUAL_PARAMS = {"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.5}
 
 Fitter = Callable[..., P.FitResult]  # ``pipeline.fit`` or a stand-in with its signature
+
+
+class Rows(NamedTuple):
+    """The base training rows and the labelled production training rows (oldest first)."""
+
+    Xb: pd.DataFrame
+    yb: pd.Series
+    Xp: pd.DataFrame
+    yp: pd.Series
 
 
 @dataclass(frozen=True)
@@ -106,10 +115,7 @@ def _residual_pipeline(base: Pipeline, Xp: pd.DataFrame, yp: pd.Series, seed: in
 
 def refit(
     name: str,
-    Xb: pd.DataFrame,
-    yb: pd.Series,
-    Xp: pd.DataFrame,
-    yp: pd.Series,
+    rows: Rows,
     columns: Sequence[Any],
     *,
     seed: int = 0,
@@ -118,7 +124,8 @@ def refit(
     progress: Any = None,
     candidates: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> P.FitResult:
-    """Fit mix ``name`` on base rows (Xb, yb) and production rows (Xp, yp) with ``fitter``."""
+    """Fit mix ``name`` on the base and production rows with ``fitter``."""
+    Xb, yb, Xp, yp = rows
     kw: dict[str, Any] = {"seed": seed, "search": search, "progress": progress}
     if candidates is not None:
         kw["candidates"] = candidates
@@ -162,10 +169,7 @@ def pick(errors: dict[str, np.ndarray]) -> tuple[str, str]:
 
 
 def choose(
-    Xb: pd.DataFrame,
-    yb: pd.Series,
-    Xp: pd.DataFrame,
-    yp: pd.Series,
+    rows: Rows,
     columns: Sequence[Any],
     *,
     seed: int = 0,
@@ -173,6 +177,7 @@ def choose(
     report: Callable[[str, float], None] | None = None,
 ) -> MixChoice:
     """Score every candidate mix on the most recent production rows (module docstring)."""
+    Xb, yb, Xp, yp = rows
     n_val = int(round(len(Xp) * VALIDATION_SHARE))
     n_fit = len(Xp) - n_val
     if n_val < MIN_VALIDATION_ROWS or n_fit < 1:
@@ -191,7 +196,7 @@ def choose(
         if report:
             report(f"validate mix {name}", i / len(CANDIDATES))
         fitted = refit(
-            name, Xb, yb, Xf, yf, columns, seed=seed, search=False, fitter=fitter, candidates=cheap
+            name, Rows(Xb, yb, Xf, yf), columns, seed=seed, search=False, fitter=fitter, candidates=cheap
         )
         errors[name] = np.abs(np.asarray(fitted.pipeline.predict(Xv_prep), dtype=float) - yv.to_numpy(float))
     chosen, reason = pick(errors)

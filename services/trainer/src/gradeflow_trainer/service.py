@@ -167,11 +167,11 @@ class TrainingData:
     dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
     base_train_rows: int = 0  # the first rows of X_train are the base training split
 
-    def parts(self) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-        """(base training rows, their targets, production training rows, their targets)."""
+    def parts(self) -> mixing.Rows:
+        """The base training rows and the production training rows, apart."""
         n = self.base_train_rows
         X, y = self.X_train, self.y_train
-        return (
+        return mixing.Rows(
             X.iloc[:n].reset_index(drop=True),
             y.iloc[:n].reset_index(drop=True),
             X.iloc[n:].reset_index(drop=True),
@@ -307,8 +307,7 @@ def choose_mix(
     """PRODUCTION_WEIGHT when set, else the mix that validates best on the recent training rows."""
     if settings.production_weight:
         return mixing.fixed(settings.production_weight)
-    Xb, yb, Xp, yp = data.parts()
-    return mixing.choose(Xb, yb, Xp, yp, data.columns, seed=settings.seed, fitter=fit, report=report)
+    return mixing.choose(data.parts(), data.columns, seed=settings.seed, fitter=fit, report=report)
 
 
 def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progress = no_progress) -> Candidate:
@@ -332,13 +331,9 @@ def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progres
     else:
         choice = choose_mix(settings, data, lambda stage, f: report(stage, 0.1 + 0.2 * f))
         report(mix_note(choice), 0.3)
-        Xb, yb, Xp, yp = data.parts()
         fitted = mixing.refit(
             choice.chosen,
-            Xb,
-            yb,
-            Xp,
-            yp,
+            data.parts(),
             data.columns,
             seed=settings.seed,
             search=settings.train_search,
@@ -394,7 +389,7 @@ def mix_params(data: TrainingData, choice: mixing.MixChoice | None) -> dict[str,
     """The run's params on the production mix: the winner, the weight of a production row, the validation."""
     if choice is None:
         return {"production_mix": "none", "production_weight": 0}
-    _, _, Xp, _ = data.parts()
+    Xp = data.parts().Xp
     weight: float = 0.0
     if choice.chosen.startswith("weighted_x"):
         weight = mixing.production_row_weight(choice.chosen, data.base_train_rows, len(Xp))
