@@ -156,7 +156,6 @@ class TrainingData:
     base_rows: int
     X_train: pd.DataFrame  # base training split (+ the older labelled production rows, after it)
     y_train: pd.Series
-    weights: np.ndarray | None  # per training row; None = all 1 (the production mix is chosen at fit)
     X_test: pd.DataFrame  # base holdout
     y_test: pd.Series
     X_recent: pd.DataFrame | None  # the most recent labelled production rows, held out for the gate
@@ -213,7 +212,6 @@ def assemble_data(
         base_rows=len(X),
         X_train=Xb_tr,
         y_train=yb_tr,
-        weights=None,
         X_test=Xb_te,
         y_test=yb_te,
         X_recent=None,
@@ -253,7 +251,6 @@ def assemble_data(
         base_rows=len(X),
         X_train=X_train,
         y_train=y_train,
-        weights=None,
         X_test=Xb_te,
         y_test=yb_te,
         X_recent=Xp_te,
@@ -326,7 +323,6 @@ def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progres
             seed=settings.seed,
             search=settings.train_search,
             progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
-            sample_weight=data.weights,
         )
     else:
         choice = choose_mix(settings, data, lambda stage, f: report(stage, 0.1 + 0.2 * f))
