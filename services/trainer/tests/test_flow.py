@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from gradeflow_shared import manifest as mf
@@ -16,8 +15,8 @@ from gradeflow_shared.contracts import PromotionEvent, RetrainRequest, TrainResu
 from gradeflow_shared.errors import Conflict, DatasetError, NotFound
 from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
 from gradeflow_trainer import history as hist
-from gradeflow_trainer import mix, promotion, service
 from gradeflow_trainer import pipeline as P
+from gradeflow_trainer import promotion, service
 from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.labelled import LabelledRows
 from gradeflow_trainer.registry import InMemoryRegistry
@@ -158,27 +157,15 @@ def test_history_file_is_rebuilt_from_the_registry(
     assert [e.action for e in service.history(settings).events()] == ["gate"]
 
 
-def champion_then_drifted_labels(
-    settings: TrainerSettings,
-    monkeypatch: pytest.MonkeyPatch,
-    rows: int,
-    dropped: dict[str, int] | None = None,
-) -> InMemoryRegistry:
-    """A registry with a first champion, and ``rows`` labelled rows of a changed concept to pull next."""
-    reg = InMemoryRegistry()
-    train(settings, reg, monkeypatch)
-    df = generate(rows, seed=11, scenario="concept_study_hours")
-    prod = LabelledRows(P.prepare_frame(df, COLUMNS), df[TARGET].astype(float), dropped or {})
-    monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: prod)
-    return reg
-
-
 def test_drifted_recent_labelled_data_decides_the_gate(
     settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reg = champion_then_drifted_labels(
-        settings, monkeypatch, 400, {"label_out_of_range": 3, "request_id_duplicate": 1}
-    )
+    reg = InMemoryRegistry()
+    train(settings, reg, monkeypatch)
+    df = generate(400, seed=11, scenario="concept_study_hours")
+    dropped = {"label_out_of_range": 3, "request_id_duplicate": 1}
+    prod = LabelledRows(P.prepare_frame(df, COLUMNS), df[TARGET].astype(float), dropped)
+    monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: prod)
     stages: list[tuple[str, float]] = []
     r = train(settings, reg, monkeypatch, stages=stages)
     assert r.rows["production"] == 400 and r.rows["production_holdout"] == 120
@@ -188,15 +175,6 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     # much better on the current distribution, worse on the old base holdout: promoted, recent data decides
     assert d.challenger["recent_labelled_rmse"] < d.champion["recent_labelled_rmse"] * 0.95
     assert d.promoted and "drifted" in d.reason, d.reason
-    # decided on evidence: the paired interval on the same 120 recent rows excludes zero
-    assert d.deciding_set == "recent_labelled" and d.rows == 120 and d.min_rows == settings.gate_min_rows
-    assert d.effect_low is not None and d.effect_low > 0 and d.more_labels_needed is None
-    tags = reg.version(2).tags
-    assert float(tags["gate.effect"]) == pytest.approx(d.effect, rel=1e-4) and tags["gate.rows"] == "120"
-    assert tags["gate.mae.base_holdout"].startswith("champion ")
-    run = reg.runs[r.run_id]
-    assert run.record.tags["gradeflow.production_mix"] == run.record.params["production_mix"] != "none"
-    assert "production_mix.json" in run.artifacts
     assert reg.champion_version() == 2 and current_version(settings)[1] == 2
     # the refused rows are counted in the result, the run's params and metrics
     assert r.rows["production_dropped"] == 4 and r.rows["production_dropped_label_out_of_range"] == 3
@@ -210,48 +188,6 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     assert notes == [
         "production data: 400 labelled rows used, 4 dropped (label_out_of_range 3, request_id_duplicate 1)"
     ]
-
-
-def test_too_few_recent_labelled_rows_keep_the_champion(
-    settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reg = champion_then_drifted_labels(settings, monkeypatch, 200)
-    r = train(settings, reg, monkeypatch)
-    d = r.decision
-    assert d.rows == 60 and not d.promoted and not r.exported
-    assert "only 60 recent labelled rows (GATE_MIN_ROWS=100)" in d.reason
-    assert d.more_labels_needed is not None and d.more_labels_needed >= 40
-    assert reg.champion_version() == 1
-    assert reg.version(2).tags["gate.more_labels_needed"] == str(d.more_labels_needed)
-
-
-def test_fit_candidate_chooses_on_production_training_rows_never_the_gate_holdout(
-    settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    df = generate(200, seed=7)
-    X, y = P.prepare_frame(df, COLUMNS), (df[TARGET].astype(float) - 4.0).clip(0, 20)
-    monkeypatch.setattr(service, "fit", functools.partial(P.fit, candidates=[GOOD]))
-    data = service.assemble_data(settings, RetrainRequest(), pull=lambda *_: LabelledRows(X, y))
-    seen: list[int] = []
-    real = mix.choose
-
-    def spy(rows: mix.Rows, *a: Any, **k: Any) -> mix.MixChoice:
-        seen.append(len(rows.Xp))
-        assert np.allclose(rows.yp.to_numpy(), y.iloc[: len(rows.Xp)].to_numpy())  # the oldest rows, in order
-        return real(rows, *a, **k)
-
-    monkeypatch.setattr(mix, "choose", spy)
-    stages: list[str] = []
-    cand = service.fit_candidate(settings, data, lambda s, _f: stages.append(s))
-    assert seen == [140] and data.rows["production_holdout"] == 60  # 200 rows, 30% held out for the gate
-    assert cand.mix is not None and cand.mix.chosen != "base_only"
-    assert [s for s in stages if s.startswith("production mix: ")] == [service.mix_note(cand.mix)]
-    params = service.mix_params(data, cand.mix)
-    assert params["production_mix"] == cand.mix.chosen and params["production_mix_validation_rows"] == 42
-    # PRODUCTION_WEIGHT set: no validation, that share
-    fixed = service.fit_candidate(settings.model_copy(update={"production_weight": 3}), data)
-    assert fixed.mix is not None and fixed.mix.chosen == "weighted_x3" and fixed.mix.scores == {}
-    assert service.mix_params(data, fixed.mix)["production_weight"] == pytest.approx(3 * 960 / 140, abs=1e-3)
 
 
 def test_malformed_dataset_is_refused_before_anything_is_registered(

@@ -39,15 +39,6 @@ class GateDecision(BaseModel):
     challenger: dict[str, float] = Field(default_factory=dict)  # metrics per evaluation set
     champion: dict[str, float] = Field(default_factory=dict)
     evaluated_on: list[str] = Field(default_factory=list)  # e.g. ["base_holdout", "recent_labelled"]
-    # the evidence of a challenger-vs-champion verdict (paired, on the deciding set's rows)
-    deciding_set: str | None = None  # the evaluation set that decided, e.g. "recent_labelled"
-    rows: int = 0  # rows of the deciding set both models were scored on
-    min_rows: int = 0  # GATE_MIN_ROWS when recent labelled rows decide
-    effect: float | None = None  # mean per-row |error| of the champion minus the challenger's (> 0: better)
-    effect_low: float | None = None  # 95% paired-bootstrap interval of ``effect``
-    effect_high: float | None = None
-    test: str = ""  # how the interval was computed
-    more_labels_needed: int | None = None  # rough estimate when the evidence was not enough
 
 
 class TrainResult(BaseModel):

@@ -42,29 +42,21 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         default=0.01,
         ge=0.0,
         lt=1.0,
-        description="Relative improvement a challenger needs (PROMOTION_MIN_IMPROVEMENT; 0.01 = 1%): in MAE "
-        "over the champion on the same rows (its paired 95% interval must also exclude zero), or, for a first "
-        "model, in RMSE over the naive baseline.",
+        description="Relative RMSE improvement a challenger needs over the champion (or, for a first model, "
+        "over the naive baseline) on the same evaluation data (PROMOTION_MIN_IMPROVEMENT; 0.01 = 1%).",
     )
     gate_base_tolerance: float = Field(
         default=0.05,
         ge=0.0,
         description="When labelled production data decides and it is NOT drifted, the challenger may be at "
-        "most this much worse (relative MAE) than the champion on the base holdout (GATE_BASE_TOLERANCE).",
+        "most this much worse (relative RMSE) than the champion on the base holdout (GATE_BASE_TOLERANCE).",
     )
     gate_drift_ratio: float = Field(
         default=0.15,
         ge=0.0,
-        description="The labelled production data counts as drifted when the champion's MAE on it exceeds "
-        "its base-holdout MAE by more than this ratio (GATE_DRIFT_RATIO); then the base holdout no longer "
+        description="The labelled production data counts as drifted when the champion's RMSE on it exceeds "
+        "its base-holdout RMSE by more than this ratio (GATE_DRIFT_RATIO); then the base holdout no longer "
         "blocks a promotion.",
-    )
-    gate_min_rows: int = Field(
-        default=100,
-        ge=1,
-        description="Fewest recent labelled production rows (the gate's holdout) on which the gate compares "
-        "a challenger with the champion (GATE_MIN_ROWS); with fewer the champion is kept and the decision "
-        "says about how many more labels are needed.",
     )
     export_keep: int = Field(
         default=5, ge=1, description="Exported versions kept on MODEL_DIR (EXPORT_KEEP)."
@@ -104,15 +96,22 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="Share of the labelled production rows (the most recent ones) held out to judge "
         "challenger and champion on the current distribution (PRODUCTION_HOLDOUT).",
     )
-    production_weight: float = Field(
+    production_weight: int = Field(
         default=0,
         ge=0,
         le=100,
-        description="How much the labelled production training rows count against the base training rows, "
-        "in total (PRODUCTION_WEIGHT; 1 = as much as the base data, 3 = three times as much); 0 = "
-        "automatic: chosen by validation on the most recent labelled training rows among base only, "
-        "weighted mixes, production only and a residual model (see the trainer's mix module).",
+        description="Sample weight of each labelled production training row, so the recent distribution "
+        "counts more than the base data (PRODUCTION_WEIGHT); 0 = automatic: the weight that makes the "
+        "production rows weigh as much as the base training rows (at most 10).",
     )
+
+    def effective_production_weight(self, base_rows: int, production_rows: int) -> int:
+        """PRODUCTION_WEIGHT, or the automatic weight when it is 0."""
+        if self.production_weight:
+            return self.production_weight
+        if production_rows <= 0:
+            return 1
+        return max(1, min(10, round(base_rows / production_rows)))
 
     trainer_fault_point: str = Field(
         default="",

@@ -24,7 +24,6 @@ import json
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +44,6 @@ from gradeflow_shared.http import ServiceClient
 
 from . import gate
 from . import history as hist
-from . import mix as mixing
 from . import promotion as pr
 from .config import TrainerSettings
 from .export import export_model, kept_export, load_export
@@ -149,8 +147,9 @@ class TrainingData:
     columns: list[ColumnSpec]
     fingerprint: str
     base_rows: int
-    X_train: pd.DataFrame  # base training split (+ the older labelled production rows, after it)
+    X_train: pd.DataFrame  # base training split (+ the older labelled production rows)
     y_train: pd.Series
+    weights: np.ndarray | None  # per training row; None = all 1
     X_test: pd.DataFrame  # base holdout
     y_test: pd.Series
     X_recent: pd.DataFrame | None  # the most recent labelled production rows, held out for the gate
@@ -159,18 +158,6 @@ class TrainingData:
     y_ref: pd.Series
     rows: dict[str, int]
     dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
-    base_train_rows: int = 0  # the first rows of X_train are the base training split
-
-    def parts(self) -> mixing.Rows:
-        """The base training rows and the production training rows, apart."""
-        n = self.base_train_rows
-        X, y = self.X_train, self.y_train
-        return mixing.Rows(
-            X.iloc[:n].reset_index(drop=True),
-            y.iloc[:n].reset_index(drop=True),
-            X.iloc[n:].reset_index(drop=True),
-            y.iloc[n:].reset_index(drop=True),
-        )
 
     def eval_sets(self) -> EvalSets:
         sets: EvalSets = {gate.BASE: (self.X_test, self.y_test)}
@@ -180,22 +167,15 @@ class TrainingData:
 
 
 def assemble_data(
-    settings: TrainerSettings,
-    request: RetrainRequest,
-    dataset: str | None = None,
-    pull: Callable[[TrainerSettings, DatasetSpec, list[ColumnSpec]], LabelledRows | None] | None = None,
+    settings: TrainerSettings, request: RetrainRequest, dataset: str | None = None
 ) -> TrainingData:
-    """Base dataset + labelled production rows, split into training, holdouts and reference.
-
-    ``pull`` fetches the labelled rows (default ``pull_labelled``: from inference over HTTP; the loop
-    benchmark hands rows over in-process).
-    """
+    """Base dataset + labelled production rows, split into training, holdouts and reference."""
     spec, X, y, columns = load_base(settings, dataset)
     full = X.copy()
     full[spec.target] = y.to_numpy()
     Xb_tr, Xb_te, yb_tr, yb_te = split(X, y, test_size=settings.test_size, seed=settings.seed)
     rows = {"train": len(Xb_tr), "test": len(Xb_te), "base": len(X)}
-    prod = (pull or pull_labelled)(settings, spec, columns) if request.use_production_data else None
+    prod = pull_labelled(settings, spec, columns) if request.use_production_data else None
     dropped = prod.dropped if prod is not None else {}
     if prod is not None:
         rows["production_dropped"] = prod.n_dropped
@@ -207,6 +187,7 @@ def assemble_data(
         base_rows=len(X),
         X_train=Xb_tr,
         y_train=yb_tr,
+        weights=None,
         X_test=Xb_te,
         y_test=yb_te,
         X_recent=None,
@@ -230,10 +211,12 @@ def assemble_data(
     n_hold = max(1, int(round(len(Xp) * settings.production_holdout)))
     Xp_tr, Xp_te = Xp.iloc[:-n_hold].reset_index(drop=True), Xp.iloc[-n_hold:].reset_index(drop=True)
     yp_tr, yp_te = yp.iloc[:-n_hold].reset_index(drop=True), yp.iloc[-n_hold:].reset_index(drop=True)
-    # how much the production rows count is chosen when fitting (``mix``): base rows first, then them
+    w = settings.effective_production_weight(len(Xb_tr), len(Xp_tr))
+    # production rows weigh w each (sample weights, not copies: copies would leak across CV folds)
     X_train = pd.concat([Xb_tr, Xp_tr], ignore_index=True)
     y_train = pd.concat([yb_tr, yp_tr], ignore_index=True)
     rows.update(
+        production_weight=w,
         train=len(X_train),
         production=len(Xp),
         production_train=len(Xp_tr),
@@ -246,6 +229,7 @@ def assemble_data(
         base_rows=len(X),
         X_train=X_train,
         y_train=y_train,
+        weights=np.concatenate([np.ones(len(Xb_tr)), np.full(len(Xp_tr), float(w))]),
         X_test=Xb_te,
         y_test=yb_te,
         X_recent=Xp_te,
@@ -254,7 +238,6 @@ def assemble_data(
         y_ref=y_train,
         rows=rows,
         dropped=dropped,
-        base_train_rows=len(Xb_tr),
     )
 
 
@@ -273,7 +256,6 @@ class Candidate:
     challenger: dict[str, float]  # <evaluation set>_<metric> of the candidate
     naive: dict[str, float]  # the same for the naive baseline
     metrics: dict[str, float]  # what the run, the export and the result report
-    mix: mixing.MixChoice | None = None  # how the production rows were used (None: base data only)
 
     @property
     def pipeline(self) -> Any:
@@ -288,49 +270,18 @@ def _eval_sets(pipe: Any, sets: EvalSets) -> dict[str, float]:
     return out
 
 
-def mix_note(choice: mixing.MixChoice) -> str:
-    """The job's progress line on the production mix."""
-    return f"production mix: {choice.chosen} ({choice.reason})"
-
-
-def choose_mix(
-    settings: TrainerSettings, data: TrainingData, report: Progress = no_progress
-) -> mixing.MixChoice:
-    """PRODUCTION_WEIGHT when set, else the mix that validates best on the recent training rows."""
-    if settings.production_weight:
-        return mixing.fixed(settings.production_weight)
-    return mixing.choose(data.parts(), data.columns, seed=settings.seed, fitter=fit, report=report)
-
-
 def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progress = no_progress) -> Candidate:
-    """Fit (with the model search when TRAIN_SEARCH) and evaluate on every evaluation set.
-
-    With labelled production rows, the mix of base and production rows is chosen first
-    (``choose_mix``) and the winner is refitted the usual way.
-    """
+    """Fit (with the model search when TRAIN_SEARCH) and evaluate on every evaluation set."""
     report("fit", 0.1)
-    choice: mixing.MixChoice | None = None
-    if data.X_recent is None:
-        fitted = fit(
-            data.X_train,
-            data.y_train,
-            data.columns,
-            seed=settings.seed,
-            search=settings.train_search,
-            progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
-        )
-    else:
-        choice = choose_mix(settings, data, lambda stage, f: report(stage, 0.1 + 0.2 * f))
-        report(mix_note(choice), 0.3)
-        fitted = mixing.refit(
-            choice.chosen,
-            data.parts(),
-            data.columns,
-            seed=settings.seed,
-            search=settings.train_search,
-            fitter=fit,
-            progress=lambda stage, f: report(stage, 0.3 + 0.3 * f),
-        )
+    fitted = fit(
+        data.X_train,
+        data.y_train,
+        data.columns,
+        seed=settings.seed,
+        search=settings.train_search,
+        progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
+        sample_weight=data.weights,
+    )
     report("evaluate", 0.62)
     sets = data.eval_sets()
     challenger = _eval_sets(fitted.pipeline, sets)
@@ -344,7 +295,7 @@ def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progres
         **{k: v for k, v in challenger.items() if k.startswith(gate.RECENT)},
     }
     logger.info("challenger metrics %s", {k: round(v, 4) for k, v in metrics.items()})
-    return Candidate(fitted=fitted, challenger=challenger, naive=naive, metrics=metrics, mix=choice)
+    return Candidate(fitted=fitted, challenger=challenger, naive=naive, metrics=metrics)
 
 
 # ------------------------------------------------------------------ stage 3: log + register
@@ -374,24 +325,6 @@ def write_export_artifacts(
     }
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
-
-
-def mix_params(data: TrainingData, choice: mixing.MixChoice | None) -> dict[str, Any]:
-    """The run's params on the production mix: the winner, the weight of a production row, the validation."""
-    if choice is None:
-        return {"production_mix": "none", "production_weight": 0}
-    Xp = data.parts().Xp
-    weight: float = 0.0
-    if choice.chosen.startswith("weighted_x"):
-        weight = mixing.production_row_weight(choice.chosen, data.base_train_rows, len(Xp))
-    elif choice.chosen in ("pooled", "production_only", "residual"):
-        weight = 1.0
-    return {
-        "production_mix": choice.chosen,
-        "production_weight": round(weight, 4),
-        "production_mix_validation_rows": choice.validation_rows,
-        **{f"production_mix_mae.{k}": round(v, 4) for k, v in choice.scores.items()},
-    }
 
 
 def run_record(
@@ -431,7 +364,6 @@ def run_record(
             "gradeflow.dataset_fingerprint": data.fingerprint,
             "gradeflow.monitor_run_id": request.monitor_run_id or "",
             **({JOB_TAG: job_id} if (job_id := current_job_id()) else {}),
-            **({"gradeflow.production_mix": cand.mix.chosen} if cand.mix else {}),
         },
         params={
             "dataset": spec.name,
@@ -441,7 +373,7 @@ def run_record(
             "rows_train": len(data.X_train),
             "rows_test": len(data.X_test),
             "rows_production": data.rows.get("production", 0),
-            **mix_params(data, cand.mix),
+            "production_weight": data.rows.get("production_weight", 0),
             **{f"production_dropped_{k}": data.dropped.get(k, 0) for k in REASONS},
             "test_size": settings.test_size,
             "seed": settings.seed,
@@ -473,8 +405,6 @@ def register_candidate(
     """Log the candidate's run and register its model as a new version."""
     with tempfile.TemporaryDirectory(prefix="gradeflow-train-") as tmpd:
         artifacts = write_export_artifacts(settings, data, cand.metrics, Path(tmpd) / "export")
-        if cand.mix is not None:
-            (artifacts / "production_mix.json").write_text(cand.mix.as_json())
         registered = registry.log_candidate(run_record(settings, data, cand, request, artifacts))
     logger.info("registered %s v%d (run %s)", registry.model_name, registered.version, registered.run_id)
     return registered
@@ -493,29 +423,17 @@ def _champion_pipeline(settings: TrainerSettings, registry: Registry, version: i
     return registry.load_model(version, tmp)
 
 
-def abs_errors(pipe: Any, sets: EvalSets) -> dict[str, np.ndarray]:
-    """Per-row |prediction - target| of ``pipe`` on every evaluation set."""
-    return {
-        name: np.abs(np.asarray(pipe.predict(X), dtype=float) - np.asarray(y, dtype=float))
-        for name, (X, y) in sets.items()
-    }
-
-
 def judge(
     settings: TrainerSettings, registry: Registry, version: int, cand: Candidate, sets: EvalSets
 ) -> GateDecision:
-    """The gate's verdict on ``version`` against the current champion, on the same rows."""
+    """The gate's verdict on ``version`` against the current champion, on the same data."""
     champ = registry.champion_version()
     champ_metrics: dict[str, float] | None = None
-    errors: gate.Errors = {}
     if champ is not None:
         try:
             with tempfile.TemporaryDirectory(prefix="gradeflow-champion-") as tmpd:
                 champ_pipe = _champion_pipeline(settings, registry, champ, Path(tmpd))
                 champ_metrics = _eval_sets(champ_pipe, sets)
-                champ_err = abs_errors(champ_pipe, sets)
-            chal_err = abs_errors(cand.pipeline, sets)
-            errors = {name: (chal_err[name], champ_err[name]) for name in sets}
         except UpstreamError:
             raise  # the registry failing is the job's (first) error, not a verdict on the champion
         except (GradeflowError, ValueError, KeyError) as exc:
@@ -540,9 +458,6 @@ def judge(
         drift_ratio=settings.gate_drift_ratio,
         challenger_version=version,
         champion_version=champ,
-        errors=errors,
-        min_rows=settings.gate_min_rows,
-        seed=settings.seed,
     )
 
 
@@ -557,7 +472,6 @@ def _decision_tags(decision: GateDecision, data: TrainingData, request: RetrainR
         "gate.promoted": str(decision.promoted).lower(),
         "gate.reason": decision.reason,
         "gate.decision": decision.model_dump_json(),
-        **gate.decision_tags(decision),
         "gradeflow.dataset": data.spec.name,
         "gradeflow.dataset_fingerprint": data.fingerprint,
         "gradeflow.reason": request.reason,
