@@ -261,7 +261,6 @@ def test_registry_failure_while_loading_the_champion_is_the_jobs_error(
 ) -> None:
     import functools
 
-    from gradeflow_shared import manifest as mf
     from gradeflow_shared.contracts import RetrainRequest
     from gradeflow_shared.synth import synthetic_spec
     from gradeflow_trainer import pipeline as P
@@ -273,10 +272,10 @@ def test_registry_failure_while_loading_the_champion_is_the_jobs_error(
     monkeypatch.setattr(service, "fit", functools.partial(P.fit, candidates=[("ridge", {"alpha": 1.0})]))
     reg = ChampionUnreadable()
     assert service.train_once(s, RetrainRequest(reason="first"), registry=reg).decision.promoted
-    monkeypatch.setattr(mf, "find_export", lambda root, version: None)  # the champion must come from MLflow
+    monkeypatch.setattr(service, "kept_export", lambda *a: None)  # the champion must come from MLflow
     with pytest.raises(UpstreamError, match="reading student-grade v1"):
         service.train_once(s, RetrainRequest(reason="second"), registry=reg)
-    assert reg.versions[2].tags == {}  # no verdict recorded on an error of the registry
+    assert reg.model_versions[2].tags == {}  # no verdict recorded on an error of the registry
 
 
 # ------------------------------------------------------------------ the settings really bound the client
