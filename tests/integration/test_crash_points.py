@@ -23,13 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.services import start_mlflow
 
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import PromotionEvent
 from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_shared.synth import synthetic_spec
 from gradeflow_testkit.servers import free_port
+from gradeflow_testkit.services import start_mlflow
 from gradeflow_trainer.history import champion_stack
 from gradeflow_trainer.promotion import INTENT_FILE, MARKER_FILE, STEPS
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.services import start_mlflow
 
 from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_shared.synth import synthetic_spec
 from gradeflow_testkit.servers import free_port
+from gradeflow_testkit.services import start_mlflow
 
 pytestmark = pytest.mark.integration
 
