@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer (2 or 2.0), not a string or a boolean that pydantic's lax mode would turn into one."""
+    if isinstance(value, (str, bool, bytes)):
+        raise ValueError("expected a JSON integer")
+    return value
+
+
+# admin input: a JSON number with no fraction, never "3" or true (JSON Schema's "integer" allows 3.0)
+JsonInteger = Annotated[int, BeforeValidator(_json_integer)]
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
@@ -14,15 +25,13 @@ JobState = Literal["queued", "running", "succeeded", "failed"]
 class RetrainRequest(BaseModel):
     """Body of the trainer's ``POST /retrain``."""
 
-    model_config = ConfigDict(strict=True)  # admin input: no coercion of 0 to false or "3" to 3
-
     reason: str = Field(
         default="manual", max_length=2000, description="Why a retrain is asked for (shown in the job)."
     )
     monitor_run_id: str | None = Field(
         default=None, max_length=100, description="The monitor run that triggered it."
     )
-    use_production_data: bool = Field(
+    use_production_data: StrictBool = Field(
         default=True, description="Also train on labelled production data pulled from inference."
     )
 
@@ -73,15 +82,11 @@ MAX_VERSION = 2**31 - 1  # registry versions are 32-bit integers
 
 
 class PromoteRequest(BaseModel):
-    model_config = ConfigDict(strict=True)
-
-    version: int = Field(ge=1, le=MAX_VERSION, description="Model version to make champion.")
+    version: JsonInteger = Field(ge=1, le=MAX_VERSION, description="Model version to make champion.")
     reason: str = Field(default="manual promotion", max_length=500, description="Recorded with the event.")
 
 
 class RollbackRequest(BaseModel):
-    model_config = ConfigDict(strict=True)
-
     reason: str = Field(default="manual rollback", max_length=500, description="Recorded with the event.")
 
 
