@@ -131,8 +131,13 @@ def test_closed_loop(platform: Urls) -> None:
         assert trigger_run, job
         assert job["reason"].startswith(f"monitor run {trigger_run}: "), job
         assert "drift" in job["reason"] or "degraded" in job["reason"], job
-        report = mon.get(f"/reports/{trigger_run}.json")
-        assert report.status_code == 200, report.text
+        # the check that triggers stores its run and report after the trigger call: wait for them
+        report = wait_for(
+            f"the report of monitor run {trigger_run}",
+            lambda: (r := mon.get(f"/reports/{trigger_run}.json")).status_code == 200 and r,
+            timeout=120,
+        )
+        assert str(report.json()["run_id"]) == str(trigger_run), report.text[:300]
 
         # a second check while the job runs (before it exports) finds the same drift and is recorded
         # as not triggered, with the reason
