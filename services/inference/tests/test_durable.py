@@ -139,3 +139,33 @@ def test_lost_count_on_health_and_metrics(
     with TestClient(create_app(cfg)) as c:
         assert c.get("/health").json()["log_lost_on_crash"] == 60
         assert "inference_log_lost_on_crash_total 60.0" in c.get("/metrics").text
+
+
+def test_writers_starting_together_migrate_one_at_a_time(tmp_path: Path) -> None:
+    """Alembic binds its ``op`` proxy per run: concurrent upgrades in one process must not share it."""
+    import threading
+
+    stores = [LogStore(f"sqlite:///{tmp_path / f'm{i}.db'}") for i in range(6)]
+    errors: list[BaseException] = []
+
+    def open_one(store: LogStore) -> None:
+        try:
+            store.open()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for i, store in enumerate(stores):
+        assert store.ready.is_set()
+        con = sqlite3.connect(tmp_path / f"m{i}.db")
+        try:
+            assert con.execute("select version_num from alembic_version").fetchall() == [("0003",)]
+            assert con.execute("select count(*) from prediction_batches").fetchone() == (0,)
+        finally:
+            con.close()
+        store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -78,6 +79,12 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+# Alembic's ``context`` and ``op`` are module-level proxies bound to the run in progress: two upgrades
+# running at once in one process (two log writers starting together) would run one's DDL on the
+# other's connection, and SQLite crashes the process when that connection is closed under it.
+_UPGRADE_LOCK = threading.Lock()
+
+
 def upgrade(engine: sa.Engine) -> None:
     """``alembic upgrade head`` programmatically, with the migrations shipped inside the package."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -86,6 +93,6 @@ def upgrade(engine: sa.Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _UPGRADE_LOCK, engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
