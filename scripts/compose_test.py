@@ -6,7 +6,12 @@ drive the platform through its published ports.
    and its report page;
 2. restart the inference container: it comes back serving the same model version with its
    prediction log intact (rows counted through GET /predictions before and after);
-3. the closed loop (tests/e2e/test_loop.py) against the containers (skip with --no-loop).
+3. the closed loop (tests/e2e/test_loop.py) against the containers (skip with --no-loop);
+4. the store switch (skip with --no-switch): the running SQLite platform is brought up again with the
+   PostgreSQL profile, volumes kept, as a user would by editing .env. MLflow comes back on an empty
+   registry while MODEL_DIR still holds the old champion's export; the trainer must withdraw that
+   export and train the new registry's first champion, and inference must end up serving exactly that
+   run (version and run id as MLflow's alias says), not the old model under the same version number.
 
 Every service's log is printed on failure, and `docker compose down -v` always runs (also on
 Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, the images get their own
@@ -15,7 +20,7 @@ yours runs from), and the repository's own .env is not read (a generated env fil
 variables it sets are removed from the environment compose sees, where they would win), so it never
 touches a platform you run yourself.
 
-    python scripts/compose_test.py [--no-build] [--no-loop] [--postgres] [--keep]
+    python scripts/compose_test.py [--no-build] [--no-loop] [--no-switch] [--postgres] [--keep]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ def free_port() -> int:
 
 class Compose:
     def __init__(self, project: str, env_file: Path, profiles: list[str], settings: dict[str, Any]) -> None:
+        self.project = project
         self.base = ["docker", "compose", "-p", project, "--env-file", str(env_file)]
         for f in COMPOSE_FILES:
             self.base += ["-f", str(f)]
@@ -226,6 +232,78 @@ def check_postgres_stores(compose: Compose) -> None:
         assert int(out.strip()) > 0, f"nothing stored in PostgreSQL database {db}"
 
 
+def postgres_env(password: str) -> dict[str, str]:
+    """The settings of the postgres profile: the three stores in their PostgreSQL databases."""
+    env = {"POSTGRES_PASSWORD": password}
+    for var, db in (
+        ("MLFLOW_BACKEND_STORE_URI", "mlflow"),
+        ("PREDICTION_DB_URL", "inference"),
+        ("MONITOR_DB_URL", "monitor"),
+    ):
+        env[var] = f"postgresql+psycopg2://gradeflow:{password}@postgres:5432/{db}"
+    return env
+
+
+def registry_champion(mlflow_url: str, mlflow_password: str) -> tuple[int, str] | None:
+    """(version, run id) of the champion alias, asked of MLflow itself; None while it has none."""
+    r = httpx.get(
+        f"{mlflow_url}/api/2.0/mlflow/registered-models/alias",
+        params={"name": "student-grade", "alias": "champion"},
+        auth=(MLFLOW_USER, mlflow_password),
+        timeout=30,
+    )
+    if r.status_code != 200:
+        return None
+    mv = r.json()["model_version"]
+    return int(mv["version"]), str(mv["run_id"])
+
+
+def switch_to_postgres(
+    old: Compose,
+    env: dict[str, Any],
+    env_file: Path,
+    urls: dict[str, str],
+    mlflow_password: str,
+    timeout: int,
+) -> Compose:
+    """SQLite -> PostgreSQL on the running platform with volumes kept; inference must end up serving
+    the new registry's champion. Returns the compose of the switched platform."""
+    with httpx.Client(base_url=urls["inference"], timeout=30) as inf:
+        before = inf.get("/model").json()
+        old_champion = registry_champion(urls["mlflow"], mlflow_password)
+        log(
+            f"switch: SQLite registry champion {old_champion}; inference serves v{before['version']} "
+            f"run {before.get('run_id')}"
+        )
+        env.update(postgres_env(secrets.token_hex(12)))
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        new = Compose(old.project, env_file, ["postgres"], env)
+        t = time.monotonic()
+        up_wait(new, urls["trainer"], timeout)
+        log(f"switch: `up --wait` with the postgres profile returned after {time.monotonic() - t:.0f}s")
+
+        def converged() -> tuple[int, str] | None:
+            champion = registry_champion(urls["mlflow"], mlflow_password)
+            if champion is None:
+                return None
+            served = inf.get("/model")
+            if served.status_code != 200:
+                return None
+            m = served.json()
+            return champion if (int(m["version"]), m.get("run_id")) == champion else None
+
+        champion = wait_for("inference to serve the new registry's champion", converged, timeout, interval=2)
+        log(
+            f"switch: inference serves the PostgreSQL registry's champion v{champion[0]} run {champion[1]} "
+            f"{time.monotonic() - t:.0f}s after the switch"
+        )
+        assert old_champion is None or champion[1] != old_champion[1], (old_champion, champion)
+        ready = inf.get("/ready")
+        assert ready.status_code == 200, ready.text
+    check_postgres_stores(new)
+    return new
+
+
 def _started_at(container_id: str) -> str:
     return subprocess.run(
         ["docker", "inspect", "--format", "{{.State.StartedAt}}", container_id],
@@ -262,6 +340,11 @@ def main() -> int:
         "--no-loop", action="store_true", help="smoke + restart only, skip tests/e2e/test_loop.py"
     )
     ap.add_argument(
+        "--no-switch",
+        action="store_true",
+        help="skip the SQLite -> PostgreSQL switch of the running platform (volumes kept)",
+    )
+    ap.add_argument(
         "--postgres", action="store_true", help="profile postgres: MLflow, log and monitor in PostgreSQL"
     )
     ap.add_argument("--loop-test", default="tests/e2e/test_loop.py", help="the closed-loop pytest file")
@@ -290,14 +373,8 @@ def main() -> int:
         "POSTGRES_HOST_PORT": ports["postgres"],
     }
     if args.postgres:
-        pw = secrets.token_hex(12)
-        env["POSTGRES_PASSWORD"] = pw
-        for var, db in (
-            ("MLFLOW_BACKEND_STORE_URI", "mlflow"),
-            ("PREDICTION_DB_URL", "inference"),
-            ("MONITOR_DB_URL", "monitor"),
-        ):
-            env[var] = f"postgresql+psycopg2://gradeflow:{pw}@postgres:5432/{db}"
+        env.update(postgres_env(secrets.token_hex(12)))
+    switch = not args.postgres and not args.no_switch
     env_file = Path(tempfile.mkstemp(prefix="gradeflow-compose-", suffix=".env")[1])
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     compose = Compose(project, env_file, ["postgres"] if args.postgres else [], env)
@@ -312,7 +389,8 @@ def main() -> int:
     try:
         if not args.no_build:
             t = time.monotonic()
-            compose.run("build")
+            # the switch needs the postgres image too: build it with the others
+            (Compose(project, env_file, ["postgres"], env) if switch else compose).run("build")
             timings["build"] = time.monotonic() - t
             log(f"images built in {timings['build']:.0f}s")
         t = time.monotonic()
@@ -359,6 +437,10 @@ def main() -> int:
             timings["closed loop"] = time.monotonic() - t
             if rc != 0:
                 raise RuntimeError(f"{args.loop_test} failed (exit {rc})")
+        if switch:
+            t = time.monotonic()
+            compose = switch_to_postgres(compose, env, env_file, urls, mlflow_password, args.wait_timeout)
+            timings["switch to postgres"] = time.monotonic() - t
         ok = True
     except (Exception, KeyboardInterrupt) as exc:
         log(f"FAILED: {type(exc).__name__}: {exc}")
@@ -372,7 +454,9 @@ def main() -> int:
             log(f"--keep: left running; stop with: {' '.join(compose.base)} down -v")
         else:
             t = time.monotonic()
-            compose.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
+            # with the postgres profile, so that its container and volume go too
+            down = Compose(project, env_file, ["postgres"], env)
+            down.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
             timings["down -v"] = time.monotonic() - t
             env_file.unlink(missing_ok=True)
     log("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))

@@ -266,3 +266,50 @@ class _as_job:
 def test_the_fault_hook_is_off_by_default(settings: TrainerSettings) -> None:
     assert TrainerSettings(admin_token="x" * 20).trainer_fault_point == ""
     pr.fault(settings, "train", "alias")  # nothing happens
+
+
+def test_the_watch_withdraws_an_export_the_new_registry_does_not_know(settings: TrainerSettings) -> None:
+    reg = InMemoryRegistry()
+    train(settings, reg)
+    assert pr.serving_matches(settings, reg) and pr.watch(settings, reg, busy=lambda: False) == []
+    new = InMemoryRegistry(run_prefix="other-store")  # MLflow restarted on an empty store
+    assert not pr.serving_matches(settings, new)
+    assert pr.watch(settings, new, busy=lambda: True) == []  # a job in flight: left to it
+    assert mf.resolve_current(settings.models_path) is not None
+    assert pr.watch(settings, new, busy=lambda: False) == [pr.WITHDREW]
+    assert mf.resolve_current(settings.models_path) is None and pr.read_marker(settings) is None
+    assert pr.serving_matches(settings, new) and pr.watch(settings, new, busy=lambda: False) == []
+    train(settings, new)
+    assert consistent(settings, new) == 1 and pr.read_marker(settings).run_id == "other-store-1"  # type: ignore[union-attr]
+
+
+def test_a_running_trainer_follows_a_registry_replaced_under_it(settings: TrainerSettings) -> None:
+    """The app's periodic check (RECONCILE_INTERVAL): the registry loses everything while the trainer
+    runs; the trainer withdraws the old export, trains a first champion and exports it."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from gradeflow_trainer.app import create_app
+
+    cfg = settings.model_copy(update={"train_on_start": True, "reconcile_interval": 0.2})
+    reg = InMemoryRegistry()
+
+    def wait(what: str, ok: Any, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not ok():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    with TestClient(create_app(cfg, registry=reg)) as c:
+        wait("the first champion", lambda: pr.read_marker(cfg) is not None)
+        assert pr.read_marker(cfg).run_id == "run-1"  # type: ignore[union-attr]
+        reg.__init__(run_prefix="new-store")  # type: ignore[misc]  # the store is replaced under it
+        wait(
+            "the new registry's champion exported",
+            lambda: (m := pr.read_marker(cfg)) is not None and m.run_id == "new-store-1",
+        )
+        consistent(cfg, reg)
+        jobs = c.get("/jobs").json()
+        items = jobs["items"] if isinstance(jobs, dict) else jobs
+        assert any("no champion any more" in (j.get("reason") or "") for j in items), items

@@ -35,7 +35,7 @@ def _bootstrap(
     """Start-up repair before any champion change (``promotion.startup_repair``: finish or undo an
     interrupted promotion, make MODEL_DIR/current and champion.json match the registry's alias, tag
     versions without a gate decision, settle interrupted jobs, end dead runs); then, when the registry
-    has no champion and TRAIN_ON_START, a first training."""
+    has no champion and TRAIN_ON_START, a first training; then the periodic check (``_watch``)."""
     champ: int | None = None
     try:
         if registry is None:
@@ -50,6 +50,8 @@ def _bootstrap(
         champ = registry.champion_version()
     except GradeflowError as exc:
         logger.error("start-up reconciliation with the registry failed: %s", exc.message)
+        if registry is not None:
+            _watch(settings, runner, stop, registry)  # it reconciles once the registry answers
         return
     finally:
         pr.RECONCILED.set()
@@ -58,6 +60,28 @@ def _bootstrap(
         logger.info("no champion for %s: first training job %s", settings.model_name, job.id)
     else:
         logger.info("champion of %s is version %s", settings.model_name, champ)
+    _watch(settings, runner, stop, registry)
+
+
+def _watch(settings: TrainerSettings, runner: JobRunner, stop: threading.Event, registry: Registry) -> None:
+    """Every RECONCILE_INTERVAL seconds: does the export still match the registry's alias? The registry
+    can change under a running trainer (MLflow restarted on another store, a backup restored, the alias
+    moved by hand); then reconcile, and when the registry has no champion any more, train a first one."""
+    interval = settings.reconcile_interval
+    while interval > 0 and not stop.wait(interval):
+        try:
+            done = pr.watch(settings, registry, busy=lambda: runner.active() is not None)
+        except GradeflowError as exc:  # MLflow away: /retrain refuses meanwhile; look again next time
+            logger.debug("registry check skipped: %s", exc.message)
+            continue
+        except Exception:  # the loop must outlive any one failure
+            logger.exception("registry check failed")
+            continue
+        if pr.WITHDREW in done and settings.train_on_start and not stop.is_set():
+            job, _ = runner.submit(
+                RetrainRequest(reason="the registry has no champion any more: first training")
+            )
+            logger.warning("the registry lost its champion (a new store?): first training job %s", job.id)
 
 
 def create_app(

@@ -71,6 +71,15 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="At start-up, when the registry has no champion, start a first training job "
         "(TRAIN_ON_START).",
     )
+    reconcile_interval: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=86_400.0,
+        description="Seconds between checks that MODEL_DIR/current and champion.json still match the "
+        "registry's champion alias (RECONCILE_INTERVAL; 0 = only at start). The registry can change "
+        "under a running trainer: MLflow restarted on another store, a backup restored, the alias moved "
+        "in the UI.",
+    )
     train_search: bool = Field(
         default=True,
         description="Run the hyper-parameter / model-family search (TRAIN_SEARCH); false fits the default "

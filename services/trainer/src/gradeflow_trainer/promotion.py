@@ -63,6 +63,7 @@ UNKNOWN_DECISION = "decision: unknown (job died)"
 
 # Set while the start-up reconciliation runs: champion changes wait for it (see ``wait_reconciled``).
 RECONCILED = threading.Event()
+WITHDREW = "withdrew the export in MODEL_DIR/current: the registry has no champion"
 RECONCILED.set()
 
 
@@ -314,7 +315,7 @@ def reconcile(settings: TrainerSettings, registry: Registry) -> list[str]:
     serving: str | None = None
     if alias is None:
         if _withdraw(settings):
-            serving = "withdrew the export in MODEL_DIR/current: the registry has no champion"
+            serving = WITHDREW
     else:
         mv = registry.version(alias)
         cur = _current(settings)
@@ -351,6 +352,33 @@ def reconcile(settings: TrainerSettings, registry: Registry) -> list[str]:
         "reconciled: champion of %s is v%s%s", registry.model_name, alias, "" if done else " (consistent)"
     )
     return done
+
+
+def serving_matches(settings: TrainerSettings, registry: Registry) -> bool:
+    """True when champion.json names the registry's champion (model, version and run id), or when
+    neither the registry nor MODEL_DIR has one. A cheap check: the alias, one version, one file."""
+    alias = registry.champion_version()
+    marker = read_marker(settings)
+    if alias is None:
+        return marker is None and mf.resolve_current(settings.models_path) is None
+    if marker is None:
+        return False
+    run_id = registry.version(alias).run_id
+    return (marker.model_name, marker.version, marker.run_id) == (registry.model_name, alias, run_id)
+
+
+def watch(settings: TrainerSettings, registry: Registry, busy: Callable[[], bool]) -> list[str]:
+    """One periodic check of a running trainer (``RECONCILE_INTERVAL``): when what is served no longer
+    matches the registry's alias and no job is in flight, ``reconcile``. Returns what it changed; a
+    caller that sees the export withdrawn (the registry has no champion any more) may train."""
+    if busy() or serving_matches(settings, registry):
+        return []
+    from .service import CHAMPION_LOCK  # service imports this module
+
+    with CHAMPION_LOCK:
+        if busy():
+            return []
+        return reconcile(settings, registry)
 
 
 # ------------------------------------------------------------------ gate tags, runs and jobs of dead jobs

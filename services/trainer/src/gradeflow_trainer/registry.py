@@ -155,8 +155,9 @@ class _Run:
 class InMemoryRegistry:
     """A Registry in dictionaries (unit tests): runs, versions, tags, alias and events."""
 
-    def __init__(self, model_name: str = "student-grade") -> None:
+    def __init__(self, model_name: str = "student-grade", run_prefix: str = "run") -> None:
         self.model_name = model_name
+        self.run_prefix = run_prefix  # another prefix stands for another store (run ids differ)
         self.runs: dict[str, _Run] = {}
         self.model_versions: dict[int, _Version] = {}
         self.model_tags: dict[str, str] = {}
@@ -164,7 +165,7 @@ class InMemoryRegistry:
         self.events: list[PromotionEvent] = []
 
     def log_candidate(self, record: RunRecord) -> Registered:
-        run_id = f"run-{len(self.runs) + 1}"
+        run_id = f"{self.run_prefix}-{len(self.runs) + 1}"
         files = {p.name: p.read_bytes() for p in record.artifacts_dir.iterdir() if p.is_file()}
         self.runs[run_id] = _Run(record=record, artifacts=files, tags=dict(record.tags))
         version = len(self.model_versions) + 1
