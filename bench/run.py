@@ -146,9 +146,9 @@ class Server:
         self.proc.stop()
 
 
-def ours(work: Path, log_enabled: bool, extra_env: dict[str, str] | None = None) -> Server:
+def ours(work: Path, log_enabled: bool, extra_env: dict[str, str] | None = None, name: str = "") -> Server:
     port = free_port()
-    name = "ours" if log_enabled else "ours-nolog"
+    name = name or ("ours" if log_enabled else "ours-nolog")
     data = work / f"{name}-data"
     shutil.rmtree(data, ignore_errors=True)
     env = {
@@ -372,6 +372,7 @@ def report(
     cold: dict[str, list[tuple[float, float]]],
     floor: dict[str, dict[str, Any]],
     logcost: dict[tuple[int, int], dict[str, Any]],
+    durcost: dict[tuple[int, int], dict[str, Any]],
     model_info: dict[str, Any],
     args: argparse.Namespace,
     secs: float,
@@ -478,6 +479,15 @@ def report(
                 f"{r['on_median']:.0f} vs {r['off_median']:.0f} req/s)",
             )
         )
+    for (n, c), r in sorted(durcost.items()):
+        checks.append(
+            (
+                f"durable acknowledgement costs <= 25% (batch {n}, conc {c})",
+                r["cost"] <= 0.25,
+                f"costs {r['cost'] * 100:.1f}% ({len(r['on'])} rounds in turns; medians "
+                f"{r['on_median']:.0f} vs {r['off_median']:.0f} req/s)",
+            )
+        )
     lines += ["", "## Targets", "", "| target | met | measured |", "|---|---|---|"]
     for what, ok, val in checks:
         lines.append(f"| {what} | {'yes' if ok else 'NO'} | {val} |")
@@ -495,6 +505,25 @@ def report(
             "|---:|---:|---|---|---:|---:|",
         ]
         for (n, c), r in sorted(logcost.items()):
+            lines.append(
+                f"| {n} | {c} | {', '.join(f'{x:.0f}' for x in r['on'])} | "
+                f"{', '.join(f'{x:.0f}' for x in r['off'])} | {r['on_median']:.0f} / {r['off_median']:.0f} | "
+                f"{r['cost'] * 100:.1f}% |"
+            )
+        lines.append("")
+    if durcost:
+        lines += [
+            "## Durable acknowledgement (LOG_DURABLE_ACK=true) vs the default",
+            "",
+            "'ours-durable' answers a prediction only after its log row is committed (requests waiting at "
+            "the same moment share one commit); 'ours' answers once the row is queued (a SIGKILL can lose "
+            "the queued rows; they are counted on restart). Same in-turns method as above, batch 1.",
+            "",
+            "| batch | conc | durable, req/s per round | default, req/s per round | medians durable / default "
+            "| cost |",
+            "|---:|---:|---|---|---:|---:|",
+        ]
+        for (n, c), r in sorted(durcost.items()):
             lines.append(
                 f"| {n} | {c} | {', '.join(f'{x:.0f}' for x in r['on'])} | "
                 f"{', '.join(f'{x:.0f}' for x in r['off'])} | {r['on_median']:.0f} / {r['off_median']:.0f} | "
@@ -551,7 +580,7 @@ def main() -> None:
     )
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--rows", type=int, default=3000, help="training rows")
-    ap.add_argument("--servers", default="ours,ours-nolog,mlflow,bare")
+    ap.add_argument("--servers", default="ours,ours-nolog,ours-durable,mlflow,bare")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes (e.g. 100,1000)")
     ap.add_argument("--conc", default=",".join(map(str, CONCURRENCY)), help="concurrency levels (e.g. 1,8)")
     ap.add_argument(
@@ -584,6 +613,8 @@ def main() -> None:
         factories = {
             "ours": lambda: ours(work, True, extra),
             "ours-nolog": lambda: ours(work, False, extra),
+            # acknowledged only after the log row is committed (group commit across requests)
+            "ours-durable": lambda: ours(work, True, {**extra, "LOG_DURABLE_ACK": "true"}, "ours-durable"),
             "mlflow": lambda: mlflow_serve(work, mlflow_model()),
             "bare": lambda: bare(work, model_file),
         }
@@ -593,6 +624,7 @@ def main() -> None:
         info: dict[str, Any] = {"loadavg": loadavg}
         cold: dict[str, list[tuple[float, float]]] = {}
         logcost: dict[tuple[int, int], dict[str, Any]] = {}
+        durcost: dict[tuple[int, int], dict[str, Any]] = {}
         try:
             # cold starts one server at a time (nothing else running), `cold_starts` times each (a fresh
             # process and data folder every time; the median is reported), then keep the last one up
@@ -639,31 +671,43 @@ def main() -> None:
                             f"p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f} ms errors {r['errors']} "
                             f"(rounds {r['rounds_rps']})"
                         )
+
+            def in_turns(with_: str, without: str, n: int, c: int) -> dict[str, Any]:
+                """``with_`` vs ``without`` in turns (the one that goes first alternates), every other
+                server idle; cost = 1 - the median over rounds of the same round's ratio."""
+                on: list[float] = []
+                off: list[float] = []
+                for k in range(args.log_rounds):
+                    pair = [(with_, on), (without, off)]
+                    for name, out in pair if k % 2 == 0 else pair[::-1]:
+                        server = servers[name]
+                        out.append(
+                            load(server, prep["bodies"][(server.kind, n)], c, CAPS[n], args.log_duration)[
+                                "rps"
+                            ]
+                        )
+                # rounds next to each other in time see the same machine: the median of their ratios
+                cost = 1 - statistics.median(a / b for a, b in zip(on, off, strict=True))
+                print(
+                    f"  {with_} vs {without}, batch {n} conc {c}: costs {cost * 100:.1f}% "
+                    f"({[round(x) for x in on]} vs {[round(x) for x in off]} req/s)"
+                )
+                return {
+                    "on": on,
+                    "off": off,
+                    "on_median": statistics.median(on),
+                    "off_median": statistics.median(off),
+                    "cost": cost,
+                }
+
             # logging on vs off at concurrency 8, in turns (every other server idle)
             if "ours" in servers and "ours-nolog" in servers and args.log_rounds > 0:
                 for n in batches:
-                    on: list[float] = []
-                    off: list[float] = []
-                    for k in range(args.log_rounds):
-                        pair = [("ours", on), ("ours-nolog", off)]
-                        for name, out in pair if k % 2 == 0 else pair[::-1]:
-                            server = servers[name]
-                            r = load(server, prep["bodies"][(server.kind, n)], 8, CAPS[n], args.log_duration)
-                            out.append(r["rps"])
-                    on_m, off_m = statistics.median(on), statistics.median(off)
-                    # rounds next to each other in time see the same machine: the median of their ratios
-                    cost = 1 - statistics.median(a / b for a, b in zip(on, off, strict=True))
-                    logcost[(n, 8)] = {
-                        "on": on,
-                        "off": off,
-                        "on_median": on_m,
-                        "off_median": off_m,
-                        "cost": cost,
-                    }
-                    print(
-                        f"  logging cost, batch {n} conc 8: {cost * 100:.1f}% "
-                        f"(on {[round(x) for x in on]}, off {[round(x) for x in off]} req/s)"
-                    )
+                    logcost[(n, 8)] = in_turns("ours", "ours-nolog", n, 8)
+            # durable acknowledgement vs the default (acknowledged once queued), batch 1
+            if "ours" in servers and "ours-durable" in servers and args.log_rounds > 0:
+                for c in concs:
+                    durcost[(1, c)] = in_turns("ours-durable", "ours", 1, c)
             # batch 1000, conc 1 against the in-process floor, in turns (every other server idle)
             if 1000 in batches and 1 in concs:
                 for name in ("ours", "ours-nolog"):
@@ -677,7 +721,9 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-        text = report(results, cold, floor.results, logcost, info, args, time.perf_counter() - t_start)
+        text = report(
+            results, cold, floor.results, logcost, durcost, info, args, time.perf_counter() - t_start
+        )
         Path(args.out).write_text(text)
         print()
         print(text)
