@@ -375,8 +375,8 @@ def watch(settings: TrainerSettings, registry: Registry, busy: Callable[[], bool
         return []
     from .service import CHAMPION_LOCK  # service imports this module
 
-    with CHAMPION_LOCK:
-        if busy():
+    with CHAMPION_LOCK:  # a promotion may have finished meanwhile: look again under the lock
+        if busy() or serving_matches(settings, registry):
             return []
         return reconcile(settings, registry)
 
