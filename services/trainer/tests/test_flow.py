@@ -175,6 +175,14 @@ def test_drifted_recent_labelled_data_decides_the_gate(
     # much better on the current distribution, worse on the old base holdout: promoted, recent data decides
     assert d.challenger["recent_labelled_rmse"] < d.champion["recent_labelled_rmse"] * 0.95
     assert d.promoted and "drifted" in d.reason, d.reason
+    # decided on evidence: both models row by row on the same 120 recent rows, interval below 0
+    assert d.method == "paired-bootstrap" and d.rows == 120 and d.drifted is True
+    assert d.effect_high is not None and d.effect_high < 0 and d.labels_needed is None
+    assert d.errors["base_holdout"]["champion_rmse"] == d.champion["base_holdout_rmse"]
+    assert d.errors["recent_labelled"]["challenger_rmse"] == d.challenger["recent_labelled_rmse"]
+    tags = reg.version(2).tags
+    assert tags["gate.rows"] == "120" and json.loads(tags["gate.errors"]) == d.errors
+    assert reg.runs[r.run_id].dicts["gate/decision.json"]["effect_high"] == d.effect_high
     assert reg.champion_version() == 2 and current_version(settings)[1] == 2
     # the refused rows are counted in the result, the run's params and metrics
     assert r.rows["production_dropped"] == 4 and r.rows["production_dropped_label_out_of_range"] == 3

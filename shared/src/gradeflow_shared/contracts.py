@@ -48,6 +48,21 @@ class GateDecision(BaseModel):
     challenger: dict[str, float] = Field(default_factory=dict)  # metrics per evaluation set
     champion: dict[str, float] = Field(default_factory=dict)
     evaluated_on: list[str] = Field(default_factory=list)  # e.g. ["base_holdout", "recent_labelled"]
+    # the evidence (all optional: decisions recorded before it existed still parse)
+    method: str | None = None  # "paired-bootstrap" (recent labelled rows decide) or "margin"
+    rows: int | None = None  # recent labelled rows both models were compared on, row by row
+    min_rows: int | None = None  # GATE_MIN_ROWS when it applied
+    effect: float | None = None  # mean per-row squared-error difference, challenger - champion (< 0: better)
+    effect_low: float | None = None  # its paired bootstrap interval
+    effect_high: float | None = None
+    confidence: float | None = None  # of that interval (GATE_CONFIDENCE)
+    resamples: int | None = None  # bootstrap resamples
+    effect_relative: float | None = None  # relative RMSE improvement on the deciding set (> 0: better)
+    p_value: float | None = None  # one-sided paired t-test of the same differences
+    labels_needed: int | None = None  # more labelled production rows needed before a gain could be shown
+    drifted: bool | None = None  # recent data drifted from the base holdout (the guard's verdict)
+    # both populations' errors of both models: {"recent_labelled": {"challenger_rmse": ..}, "base_holdout": ..}
+    errors: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class TrainResult(BaseModel):

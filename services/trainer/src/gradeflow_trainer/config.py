@@ -58,6 +58,21 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         "its base-holdout RMSE by more than this ratio (GATE_DRIFT_RATIO); then the base holdout no longer "
         "blocks a promotion.",
     )
+    gate_min_rows: int = Field(
+        default=100,
+        ge=2,
+        description="Fewest recent labelled production rows (the held-out ones) on which the gate compares "
+        "challenger and champion row by row (GATE_MIN_ROWS); with fewer it keeps the champion and says how "
+        "many more labelled rows it needs. Retrains without production data are judged on the base holdout.",
+    )
+    gate_confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Confidence of the gate's paired bootstrap interval of the per-row error difference on "
+        "the recent labelled rows (GATE_CONFIDENCE); a challenger is promoted only when the whole interval "
+        "shows it better.",
+    )
     export_keep: int = Field(
         default=5, ge=1, description="Exported versions kept on MODEL_DIR (EXPORT_KEEP)."
     )

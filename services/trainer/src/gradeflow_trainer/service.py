@@ -9,7 +9,8 @@
 3. ``register_candidate``: log the run (params, metrics, inputs, plots, export artifacts) and
    register the model as a new version -> ``registry.Registered``;
 4. ``decide_and_publish``: approval gate (``gate.decide``) against the champion evaluated on
-   the SAME data -> decision tags on the version -> on promotion the champion change as one
+   the SAME data (on the recent labelled rows both models' per-row predictions, for the paired
+   evidence) -> decision tags on the version -> on promotion the champion change as one
    transaction (``promotion.publish``: intent, staged export, alias, ONE promotion event,
    ``current``, champion marker) -> the decision on the run.
 
@@ -426,14 +427,23 @@ def _champion_pipeline(settings: TrainerSettings, registry: Registry, version: i
 def judge(
     settings: TrainerSettings, registry: Registry, version: int, cand: Candidate, sets: EvalSets
 ) -> GateDecision:
-    """The gate's verdict on ``version`` against the current champion, on the same data."""
+    """The gate's verdict on ``version`` against the current champion, on the same data (and, on the
+    recent labelled rows, row by row: both models' predictions go to the gate)."""
     champ = registry.champion_version()
     champ_metrics: dict[str, float] | None = None
+    paired: gate.Paired | None = None
     if champ is not None:
         try:
             with tempfile.TemporaryDirectory(prefix="gradeflow-champion-") as tmpd:
                 champ_pipe = _champion_pipeline(settings, registry, champ, Path(tmpd))
                 champ_metrics = _eval_sets(champ_pipe, sets)
+                if gate.RECENT in sets:
+                    X_recent, y_recent = sets[gate.RECENT]
+                    paired = gate.Paired(
+                        y=np.asarray(y_recent, dtype=float),
+                        challenger=np.asarray(cand.pipeline.predict(X_recent), dtype=float),
+                        champion=np.asarray(champ_pipe.predict(X_recent), dtype=float),
+                    )
         except UpstreamError:
             raise  # the registry failing is the job's (first) error, not a verdict on the champion
         except (GradeflowError, ValueError, KeyError) as exc:
@@ -458,6 +468,11 @@ def judge(
         drift_ratio=settings.gate_drift_ratio,
         challenger_version=version,
         champion_version=champ,
+        paired=paired,
+        min_rows=settings.gate_min_rows,
+        confidence=settings.gate_confidence,
+        seed=settings.seed,
+        label_share=settings.production_holdout,
     )
 
 
@@ -467,11 +482,34 @@ class Published:
     export_dir: Path | None
 
 
+def _evidence_tags(decision: GateDecision) -> dict[str, str]:
+    """The gate's evidence as flat, readable tags (the whole decision is in ``gate.decision``)."""
+    tags: dict[str, str] = {}
+    if decision.method:
+        tags["gate.method"] = decision.method
+    if decision.rows is not None:
+        tags["gate.rows"] = str(decision.rows)
+    if decision.effect is not None:
+        tags["gate.effect"] = f"{decision.effect:.6g}"
+    if decision.effect_low is not None and decision.effect_high is not None:
+        tags["gate.effect_interval"] = (
+            f"[{decision.effect_low:.6g}, {decision.effect_high:.6g}] at {decision.confidence or 0:.0%}"
+        )
+    if decision.effect_relative is not None:
+        tags["gate.effect_relative"] = f"{decision.effect_relative:.6g}"
+    if decision.labels_needed is not None:
+        tags["gate.labels_needed"] = str(decision.labels_needed)
+    if decision.errors:
+        tags["gate.errors"] = json.dumps(decision.errors, sort_keys=True)
+    return tags
+
+
 def _decision_tags(decision: GateDecision, data: TrainingData, request: RetrainRequest) -> dict[str, str]:
     return {
         "gate.promoted": str(decision.promoted).lower(),
         "gate.reason": decision.reason,
         "gate.decision": decision.model_dump_json(),
+        **_evidence_tags(decision),
         "gradeflow.dataset": data.spec.name,
         "gradeflow.dataset_fingerprint": data.fingerprint,
         "gradeflow.reason": request.reason,

@@ -1,0 +1,144 @@
+"""The gate's evidence rule on the recent labelled rows: paired bootstrap interval, minimum rows,
+labels needed, both populations' errors (pure logic, no MLflow)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from gradeflow_trainer.gate import Paired, bootstrap_interval, decide
+
+
+def _rmse(e: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(e**2)))
+
+
+def case(
+    n: int, *, champ_sd: float, chal_sd: float, corr: float = 0.0, seed: int = 0
+) -> tuple[Paired, dict[str, float], dict[str, float]]:
+    """Recent rows where the champion errs with sd ``champ_sd`` and the challenger with ``chal_sd``
+    (errors correlated by ``corr``); both models equal (1.0) on the base holdout, so not drifted
+    unless the champion's recent error exceeds it."""
+    rng = np.random.default_rng(seed)
+    y = rng.normal(10, 3, n)
+    e_champ = rng.normal(0, champ_sd, n)
+    e_chal = corr * e_champ / champ_sd * chal_sd + math.sqrt(1 - corr**2) * rng.normal(0, chal_sd, n)
+    p = Paired(y=y, challenger=y + e_chal, champion=y + e_champ)
+    chal = {"base_holdout_rmse": 1.0, "recent_labelled_rmse": _rmse(e_chal), "recent_labelled_mae": 0.5}
+    champ = {"base_holdout_rmse": 1.0, "recent_labelled_rmse": _rmse(e_champ)}
+    return p, chal, champ
+
+
+def test_clear_win_on_enough_rows_is_promoted_with_its_evidence() -> None:
+    p, chal, champ = case(300, champ_sd=1.0, chal_sd=0.6, seed=1)
+    d = decide(chal, champ, {}, margin=0.01, paired=p, min_rows=100, champion_version=1, drift_ratio=0.15)
+    assert d.promoted, d.reason
+    assert d.method == "paired-bootstrap" and d.rows == 300 and d.min_rows == 100 and d.labels_needed is None
+    assert d.effect is not None and d.effect_low is not None and d.effect_high is not None
+    assert d.effect_low <= d.effect <= d.effect_high < 0 and d.confidence == 0.95 and d.resamples == 2000
+    # the effect is the mean per-row squared-error difference, the relative effect the RMSE gain
+    diff = (p.challenger - p.y) ** 2 - (p.champion - p.y) ** 2
+    assert math.isclose(d.effect, float(diff.mean()))
+    assert d.effect_relative is not None and math.isclose(
+        d.effect_relative, 1 - chal["recent_labelled_rmse"] / champ["recent_labelled_rmse"]
+    )
+    assert d.p_value is not None and d.p_value < 0.001
+    assert d.errors["recent_labelled"]["challenger_rmse"] == chal["recent_labelled_rmse"]
+    assert d.errors["recent_labelled"]["champion_rmse"] == champ["recent_labelled_rmse"]
+    assert d.errors["recent_labelled"]["rows"] == 300
+    assert d.errors["base_holdout"] == {"challenger_rmse": 1.0, "champion_rmse": 1.0}
+    assert "interval" in d.reason and "excludes 0" in d.reason
+
+
+def test_the_same_gain_on_too_few_rows_keeps_the_champion_and_says_how_many_labels() -> None:
+    p, chal, champ = case(300, champ_sd=1.0, chal_sd=0.6, seed=1)
+    few = Paired(y=p.y[:71], challenger=p.challenger[:71], champion=p.champion[:71])
+    cf = {**chal, "recent_labelled_rmse": _rmse(few.challenger - few.y)}
+    kf = {**champ, "recent_labelled_rmse": _rmse(few.champion - few.y)}
+    d = decide(cf, kf, {}, margin=0.01, paired=few, min_rows=100, champion_version=1)
+    assert not d.promoted
+    assert d.effect_high is not None and d.effect_high < 0  # the gain itself is clear on these 71 rows
+    assert d.rows == 71 and d.labels_needed == 29 and "needs 29 more labelled rows" in d.reason, d.reason
+    # only PRODUCTION_HOLDOUT of new labels lands in the recent holdout: 29 / 0.3 -> 97 labelled rows
+    d3 = decide(cf, kf, {}, margin=0.01, paired=few, min_rows=100, label_share=0.3)
+    assert d3.labels_needed == 97 and "29 more in the recent holdout" in d3.reason
+
+
+def test_a_noisy_small_gain_is_inconclusive_and_estimates_the_labels_needed() -> None:
+    p, chal, champ = case(150, champ_sd=3.0, chal_sd=2.9, corr=0.9, seed=4)
+    d = decide(chal, champ, {}, margin=0.01, paired=p, min_rows=100, champion_version=1)
+    assert d.effect_relative is not None and d.effect_relative >= 0.01  # the margin alone would promote
+    assert d.effect is not None and d.effect < 0 and d.effect_high is not None and d.effect_high >= 0
+    assert not d.promoted and d.reason.startswith("inconclusive"), d.reason
+    assert d.labels_needed is not None and d.labels_needed > 0
+    assert f"needs about {d.labels_needed} more labelled rows" in d.reason
+    # the estimate is meant: the same rows, as often as the estimate says, make the interval exclude 0
+    k = math.ceil((150 + d.labels_needed) / 150)
+    more = Paired(y=np.tile(p.y, k), challenger=np.tile(p.challenger, k), champion=np.tile(p.champion, k))
+    dk = decide(chal, champ, {}, margin=0.01, paired=more, min_rows=100, champion_version=1)
+    assert dk.promoted and dk.effect_high is not None and dk.effect_high < 0, dk.reason
+
+
+def test_a_challenger_that_is_not_better_gets_no_labels_estimate() -> None:
+    p, chal, champ = case(200, champ_sd=1.0, chal_sd=1.0, seed=2)
+    same = Paired(y=p.y, challenger=p.champion, champion=p.champion)  # identical predictions
+    c = {**chal, "recent_labelled_rmse": champ["recent_labelled_rmse"]}
+    d = decide(c, champ, {}, margin=0.0, paired=same, min_rows=100)
+    assert not d.promoted and d.effect == 0 and d.labels_needed is None, d.reason
+    assert "not better" in d.reason
+
+
+def test_the_margin_still_applies_to_a_significant_gain() -> None:
+    p, chal, champ = case(5000, champ_sd=1.0, chal_sd=0.99, corr=0.99, seed=3)
+    d = decide(chal, champ, {}, margin=0.05, paired=p, min_rows=100)
+    assert d.effect_high is not None and d.effect_high < 0  # significant ...
+    assert not d.promoted and "below the required 5.0%" in d.reason  # ... but too small
+    assert d.labels_needed is None
+
+
+def test_drifted_trade_off_is_recorded_on_both_populations() -> None:
+    p, chal, champ = case(300, champ_sd=2.3, chal_sd=1.5, seed=5)
+    chal.update(base_holdout_rmse=1.14, base_holdout_mae=0.9)
+    champ.update(base_holdout_rmse=1.0, base_holdout_mae=0.8)
+    d = decide(chal, champ, {}, margin=0.01, paired=p, min_rows=100, drift_ratio=0.15, base_tolerance=0.05)
+    assert d.promoted and d.drifted is True, d.reason
+    assert d.errors["base_holdout"] == {
+        "challenger_rmse": 1.14,
+        "champion_rmse": 1.0,
+        "challenger_mae": 0.9,
+        "champion_mae": 0.8,
+    }
+    assert d.errors["recent_labelled"]["challenger_rmse"] < d.errors["recent_labelled"]["champion_rmse"]
+    assert "trade-off" in d.reason and "on the base holdout 1.1400 vs 1.0000 (14.0% worse)" in d.reason
+    # not drifted (the champion errs as much on the base holdout): the base holdout blocks
+    champ.update(base_holdout_rmse=champ["recent_labelled_rmse"])
+    chal.update(base_holdout_rmse=champ["recent_labelled_rmse"] * 1.2)
+    nd = decide(chal, champ, {}, margin=0.01, paired=p, min_rows=100, drift_ratio=0.15, base_tolerance=0.05)
+    assert not nd.promoted and nd.drifted is False and "not drifted" in nd.reason and "trade-off" in nd.reason
+
+
+def test_the_interval_is_deterministic_by_seed_and_fast() -> None:
+    p, chal, champ = case(150, champ_sd=3.0, chal_sd=2.9, corr=0.9, seed=4)
+    a = decide(chal, champ, {}, margin=0.01, paired=p, seed=7)
+    b = decide(chal, champ, {}, margin=0.01, paired=p, seed=7)
+    c = decide(chal, champ, {}, margin=0.01, paired=p, seed=8)
+    assert (a.effect_low, a.effect_high) == (b.effect_low, b.effect_high)
+    assert (a.effect_low, a.effect_high) != (c.effect_low, c.effect_high)
+    d = np.random.default_rng(0).normal(-0.1, 1.0, 15_000)
+    t0 = time.perf_counter()
+    low, high = bootstrap_interval(d, resamples=2000, seed=0)
+    assert time.perf_counter() - t0 < 5.0
+    se = 1.0 / math.sqrt(15_000)  # the percentile interval matches the normal one on a large sample
+    assert math.isclose(high - low, 2 * 1.96 * se, rel_tol=0.1)
+
+
+def test_without_recent_rows_the_margin_rule_is_unchanged() -> None:
+    base = {"base_holdout_rmse": 1.0}
+    d = decide(base, dict(base), {}, margin=0.0, champion_version=1)
+    assert d.promoted and d.method == "margin" and d.rows is None and d.labels_needed is None
+    assert d.effect_relative == 0.0 and d.errors == {
+        "base_holdout": {"challenger_rmse": 1.0, "champion_rmse": 1.0}
+    }
+    assert not decide(base, dict(base), {}, margin=0.01).promoted
