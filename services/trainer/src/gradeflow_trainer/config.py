@@ -59,7 +59,7 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         "blocks a promotion.",
     )
     gate_min_rows: int = Field(
-        default=100,
+        default=30,
         ge=2,
         description="Fewest recent labelled production rows (the held-out ones) on which the gate compares "
         "challenger and champion row by row (GATE_MIN_ROWS); with fewer it keeps the champion and says how "
