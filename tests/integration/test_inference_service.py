@@ -230,15 +230,13 @@ def test_swap_to_serving_is_bounded_with_cpu_load_and_model_shows_where_the_time
                 assert datetime.fromisoformat(load["swapped_at"]) <= datetime.fromisoformat(
                     load["serving_at"]
                 )
+
                 # the scikit-learn path and the crossover timing follow in the background, after serving
-                _wait(
-                    lambda v=version: (
-                        (mm := c.get("/model").json())["version"] == v and mm["predict_paths"]["sklearn"]
-                    ),
-                    60,
-                    f"v{version} scikit-learn path attached",
-                    svc,
-                )
+                def attached(v: int = version) -> bool:
+                    mm = c.get("/model").json()
+                    return bool(mm["version"] == v and mm["predict_paths"]["sklearn"])
+
+                _wait(attached, 60, f"v{version} scikit-learn path attached", svc)
                 full = c.get("/model").json()
                 assert full["load"]["path_timing_ms"] > 0 and full["load"]["sklearn_path_ms"] > 0
                 assert full["load"]["sklearn_ready_after_serving_ms"] > 0

@@ -775,7 +775,8 @@ class ModelManager:
     def _attach_sklearn(self, cur: LoadedModel, background: bool = False) -> None:
         if background:
             _lower_priority()
-        self._pending_sklearn = None
+        if self._pending_sklearn is cur:
+            self._pending_sklearn = None
         try:
             full = attach_sklearn(cur, tolerance=self.tolerance, predict_path=self.predict_path)
         except Exception as exc:  # noqa: BLE001 - keep serving the verified ONNX path
