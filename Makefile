@@ -79,7 +79,7 @@ compose-down: ## Stop the containers (volumes kept; `docker compose down -v` del
 compose-test: install ## Container test: build, up --wait, smoke, inference restart, closed loop, always down -v
 	$(PY) scripts/compose_test.py $(COMPOSE_TEST_ARGS)
 
-demo: install ## The closed loop told live: normal then drifted traffic, drift, retrain, promotion, reload (starts the platform if needed)
+demo: install ## The closed loop told live: drift, retrain, promotion, reload, time to heal (starts the platform if needed; DATASET=uci-por make demo)
 	$(PY) scripts/demo.py
 
 bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI endpoint (prints a table of ratios)

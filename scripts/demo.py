@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,16 @@ def main() -> int:
     mon = httpx.Client(base_url=u.monitor, timeout=120)
 
     wait_for("a served model", lambda: inf.get("/ready").status_code == 200, timeout=args.timeout, interval=2)
-    v1 = int(inf.get("/model").json()["version"])
-    say(f"inference serves model version {v1}  ({u.inference}/docs)")
+    m1 = inf.get("/model").json()
+    v1 = int(m1["version"])
+    say(f"inference serves model version {v1} trained on {m1.get('dataset')}  ({u.inference}/docs)")
+    wanted = args.dataset if args.dataset not in ("", "synthetic") else "synthetic"
+    if m1.get("dataset") and Path(wanted).stem != m1["dataset"] and wanted != m1["dataset"]:
+        say(
+            f"the running platform serves a model of {m1['dataset']!r}, not {wanted!r}: stop it (make down), "
+            f"then run DATASET={args.dataset} make demo (it starts the platform on that dataset)"
+        )
+        return 2
     normal, drifted, holdout, target = traffic_frames(args.dataset, args.dataset_root)
 
     say(f"1/5 sending {len(normal)} normal requests with their true grades ...")
@@ -135,10 +144,19 @@ def main() -> int:
     say(f"2/5 sending {len(drifted)} drifted requests with their true grades ...")
     send_labelled(inf, drifted, target)
     say("    asking the monitor for a check now (POST /checks) instead of waiting for its schedule ...")
+    check_asked = datetime.now(UTC)
     check_now(mon)
+
+    first_flag: dict[str, Any] = {}
 
     def triggered() -> dict[str, Any] | None:
         dd = mon.get("/drift").json()
+        if (
+            not first_flag
+            and dd.get("run_id") != d.get("run_id")
+            and (dd.get("dataset_drift") or dd.get("degraded"))
+        ):
+            first_flag.update(dd)  # the first check that flagged drift or degradation: time to heal starts
         return dd if dd.get("action") == "retrain_triggered" or dd.get("retrain_job_id") else None
 
     d = wait_for(
@@ -173,10 +191,14 @@ def main() -> int:
     if not dec["promoted"]:
         return 1
     v2 = int(res["version"])
-    wait_for(
-        f"inference to load version {v2}", lambda: int(inf.get("/model").json()["version"]) == v2, timeout=60
+    served = wait_for(
+        f"inference to load version {v2}",
+        lambda: (m := inf.get("/model").json()) and int(m["version"]) == v2 and m,
+        timeout=60,
+        interval=0.2,
     )
     say(f"    inference reloaded: now serving version {v2}")
+    time_to_heal(first_flag or d, check_asked, tr.get(f"/jobs/{job_id}").json(), served)
     after = predict(inf, to_records(holdout.drop(columns=[target])))
     mae_after = mae(after.predictions, holdout[target])
     say(
@@ -185,6 +207,49 @@ def main() -> int:
     )
     say(f"    MLflow UI: {u.mlflow}   reports: {u.monitor}/reports")
     return 0
+
+
+def _at(value: Any) -> datetime | None:
+    if not value:
+        return None
+    t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def time_to_heal(
+    flag: dict[str, Any], check_asked: datetime, job: dict[str, Any], model: dict[str, Any]
+) -> float | None:
+    """Print the timeline from the first flagging check to the new model serving (times from the services:
+    the monitor's verdict, the trainer's job, inference's GET /model -> load) and return the total in s."""
+    load = model.get("load") or {}
+    flagged = _at(flag.get("at"))
+    steps = [
+        ("check asked (POST /checks)", check_asked),
+        ("first flagging check (verdict)", flagged),
+        ("retrain job created", _at(job.get("created_at"))),
+        ("retrain job started", _at(job.get("started_at"))),
+        ("retrain job finished", _at(job.get("finished_at"))),
+        ("export swapped (current)", _at(load.get("swapped_at"))),
+        ("new model serving", _at(load.get("serving_at"))),
+    ]
+    say("    time to heal (first flagging check -> new model serving):")
+    for what, t in steps:
+        if t is not None and flagged is not None:
+            say(f"      {what:<31} {t.strftime('%H:%M:%S.%f')[:-3]}  {(t - flagged).total_seconds():+7.1f} s")
+    serving = _at(load.get("serving_at"))
+    if flagged is None or serving is None:
+        say("      (the timeline is incomplete: no verdict time or no serving time in GET /model)")
+        return None
+    total = (serving - flagged).total_seconds()
+    job_s = ""
+    started, finished = _at(job.get("started_at")), _at(job.get("finished_at"))
+    if started is not None and finished is not None:
+        job_s = f"; retrain job {(finished - started).total_seconds():.1f} s"
+    say(
+        f"    TIME TO HEAL {total:.1f} s (from the check being asked: {(serving - check_asked).total_seconds():.1f} s"
+        f"{job_s}; swap -> serving {load.get('swap_to_serving_ms')} ms)"
+    )
+    return total
 
 
 def check_now(mon: httpx.Client) -> None:

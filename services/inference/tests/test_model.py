@@ -124,3 +124,45 @@ def test_crossover_picks_sklearn_when_onnx_is_slower(fitted: exports.Fitted) -> 
     slow = _SlowOnnx(m.onnx, rows=100, extra=0.25, first=10**6)  # always slow at 100 rows
     threshold, timings = measure_crossover(slow, m.onnx_output, m.sklearn, m.validator, _ref(m, fitted))
     assert threshold == 100.0, timings
+
+
+def test_reload_serves_onnx_first_then_attaches_sklearn_with_a_load_breakdown(
+    tmp_path: Path, fitted: exports.Fitted
+) -> None:
+    d = tmp_path / "m"
+    exports.republish(d, fitted.exports["rf"], 1)
+    mgr = ModelManager(d)
+    mgr.check_once()
+    v1 = mgr.current
+    assert v1 is not None and v1.sklearn is not None
+    exports.republish(d, fitted.exports["ridge"], 2)
+    mgr.check_once(fast=True)  # the swap: the ONNX path only, scikit-learn left for the next poll
+    cur = mgr.current
+    assert cur is not None and cur.version == 2 and cur.sklearn is None and cur.path_for(10_000) == "onnx"
+    load = cur.info()["load"]
+    for key in ("verify_ms", "reference_ms", "onnx_session_ms", "onnx_check_ms", "serving_path_ms"):
+        assert load[key] >= 0, load
+    assert load["serving_path_ms"] <= load["noticed_to_serving_ms"]
+    assert 0 <= load["swap_to_serving_ms"] < 60_000 and "path_timing_ms" not in load
+    assert cur.verified["sha256"] == ["onnx", "model"]  # both files hashed before serving
+    mgr.check_once()  # the same link: the poll only attaches the scikit-learn path
+    full = mgr.current
+    assert full is not cur and full.version == 2 and full.sklearn is not None
+    assert full.load["path_timing_ms"] > 0 and full.load["sklearn_load_ms"] > 0
+    assert "sklearn_verify_ms" not in full.load  # model.joblib unchanged since hashed: not hashed again
+    assert full.load["serving_path_ms"] == load["serving_path_ms"]
+    assert set(full.verified["crossover_ms"]) == {"1", "100", "1000"}
+
+
+def test_sklearn_disagreement_after_the_swap_keeps_serving_onnx(
+    tmp_path: Path, fitted: exports.Fitted
+) -> None:
+    d = tmp_path / "m"
+    exports.republish(d, fitted.exports["rf"], 1)
+    mgr = ModelManager(d, tolerance=1e-12)  # ONNX (float32) and scikit-learn never agree this closely
+    mgr.check_once(fast=True)
+    assert mgr.current is not None and mgr.current.version == 1
+    mgr.check_once()
+    assert mgr.current.version == 1 and mgr.current.sklearn is None and mgr.current.onnx is not None
+    attempt = mgr.last_attempt
+    assert attempt is not None and not attempt.ok and "sklearn path refused" in (attempt.error or "")

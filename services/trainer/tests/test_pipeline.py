@@ -161,3 +161,40 @@ def test_search_keeps_the_preferred_candidate_within_cv_noise(data: tuple) -> No
     scores = list(res.cv_rmse.values())
     assert abs(scores[0] - scores[1]) < P.SELECT_TOLERANCE * scores[0]
     assert res.params == {"alpha": 1.0}
+
+
+class _Clock:
+    """A monotonic clock that moves one second per reading (the search's budget check reads it)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+RIDGES = [("ridge", {"alpha": 1e5}), ("ridge", {"alpha": 1.0}), ("ridge", {"alpha": 0.5})]
+
+
+def test_search_budget_stops_early_and_keeps_the_best_so_far(
+    data: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y, cols = data
+    full = P.fit(X, y, cols, candidates=RIDGES, budget_seconds=None)
+    assert full.tried == 3 and full.candidates == 3 and not full.budget_stopped
+    # clock: t0=1, search start=2; before the 2nd candidate 2 s spent after one (2 + 2 <= 4.2: go on),
+    # before the 3rd 3 s after two (3 + 1.5 > 4.2: stop); the better of the two (alpha 1) beats the first
+    monkeypatch.setattr(P, "time", _Clock())
+    res = P.fit(X, y, cols, candidates=RIDGES, budget_seconds=4.2)
+    assert res.tried == 2 and res.budget_stopped and res.budget_seconds == 4.2
+    assert list(res.cv_rmse) == [P._label(*RIDGES[0]), P._label(*RIDGES[1])]
+    assert res.params == {"alpha": 1.0}
+    assert res.cv_rmse[P._label(*RIDGES[1])] < res.cv_rmse[P._label(*RIDGES[0])]
+
+
+def test_search_budget_zero_scores_the_preferred_candidate_only(data: tuple) -> None:
+    X, y, cols = data
+    res = P.fit(X, y, cols, candidates=RIDGES, budget_seconds=0)
+    assert res.tried == 1 and res.budget_stopped and res.params == {"alpha": 1e5}
+    assert res.search_seconds > 0

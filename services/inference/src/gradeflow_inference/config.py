@@ -54,7 +54,10 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
         "e.g. postgresql+psycopg2://user@host/db.",
     )
     reload_interval: float = Field(
-        default=0.5, gt=0, description="Seconds between checks of MODEL_DIR/current (RELOAD_INTERVAL)."
+        default=0.2,
+        gt=0,
+        description="Seconds between checks of MODEL_DIR/current (RELOAD_INTERVAL); a check is a few stat "
+        "calls while nothing changed.",
     )
     inference_log_enabled: bool = Field(
         default=True, description="Log every prediction to the database (INFERENCE_LOG_ENABLED)."

@@ -100,6 +100,16 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="Run the hyper-parameter / model-family search (TRAIN_SEARCH); false fits the default "
         "model only (fast, used by tests).",
     )
+    train_search_budget_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="Time budget of the model search in seconds (TRAIN_SEARCH_BUDGET_SECONDS): the first, "
+        "preferred candidate is always scored; a further one starts only while the time spent plus the "
+        "mean time per candidate so far fits in it; the best so far wins. The run records the candidates "
+        "tried and whether the budget stopped the search. 0 = the first candidate only; the refit on all "
+        "rows comes on top. Keeps a retrain on a 2-core machine within the time-to-heal targets "
+        "(README, Time to heal).",
+    )
     test_size: float = Field(
         default=0.2, gt=0.0, lt=0.9, description="Holdout share of the base data (TEST_SIZE)."
     )

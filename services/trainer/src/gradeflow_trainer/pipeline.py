@@ -188,6 +188,11 @@ class FitResult:
     params: dict[str, Any]
     cv_rmse: dict[str, float] = field(default_factory=dict)  # candidate label -> mean CV RMSE
     seconds: float = 0.0
+    candidates: int = 1  # in the search space
+    tried: int = 0  # scored by CV (0: no search)
+    budget_seconds: float | None = None  # the search's time budget (None: unbounded)
+    budget_stopped: bool = False  # the budget ended the search before every candidate was tried
+    search_seconds: float = 0.0  # time spent in the CV search
 
 
 def _label(family: str, params: Mapping[str, Any]) -> str:
@@ -214,12 +219,18 @@ def fit(
     candidates: Iterable[tuple[str, dict[str, Any]]] | None = None,
     folds: int | None = None,
     sample_weight: Sequence[float] | np.ndarray | None = None,
+    budget_seconds: float | None = None,
 ) -> FitResult:
     """Pick a model by K-fold CV over a small search space, then refit it on all of ``X``.
 
     ``candidates`` overrides the search space (the first one is used when ``search`` is off);
     ``sample_weight`` (one per row) weights both fitting and the CV score, e.g. to let recent
     labelled production rows outweigh the base dataset after concept drift.
+
+    ``budget_seconds`` bounds the search: the first candidate is always scored; a further one is
+    started only while the time spent so far plus the mean time of a candidate so far fits in the
+    budget. The best candidate scored so far wins (``FitResult.tried``, ``budget_stopped`` say what
+    happened). The refit on all rows comes on top of the budget.
     """
     t0 = time.monotonic()
     Xp = prepare_frame(X, columns).reset_index(drop=True)
@@ -229,12 +240,27 @@ def fit(
         raise ValueError(f"sample_weight has {len(w)} values for {len(yv)} rows")
     cands = list(candidates) if candidates is not None else search_space(len(Xp))
     cv: dict[str, float] = {}
+    tried = 0
+    stopped = False
+    search_secs = 0.0
     if search and len(cands) > 1:
         k = folds or (3 if len(Xp) > 2000 else 5)
         kf = KFold(n_splits=k, shuffle=True, random_state=seed)
         splits = list(kf.split(Xp))
         best: tuple[float, str, dict[str, Any]] | None = None
+        t_search = time.monotonic()
         for i, (family, params) in enumerate(cands):
+            spent = time.monotonic() - t_search
+            if budget_seconds is not None and tried and spent + spent / tried > budget_seconds:
+                stopped = True
+                logger.info(
+                    "search budget %.0fs: stopped after %d of %d candidates (%.1fs spent)",
+                    budget_seconds,
+                    tried,
+                    len(cands),
+                    spent,
+                )
+                break
             if progress:
                 progress(f"cv {family}", i / (len(cands) + 1))
             errs = []
@@ -246,8 +272,10 @@ def fit(
             score = float(np.mean(errs))
             cv[_label(family, params)] = score
             logger.info("cv %s rmse=%.4f", _label(family, params), score)
+            tried += 1
             if best is None or score < best[0]:
                 best = (score, family, dict(params))
+        search_secs = time.monotonic() - t_search
         assert best is not None
         _, family, params = best
         first = _label(*cands[0])
@@ -263,7 +291,18 @@ def fit(
         progress("fitted", 1.0)
     secs = time.monotonic() - t0
     logger.info("fit: chose %s in %.1fs", _label(family, params), secs)
-    return FitResult(pipeline=pipe, family=family, params=dict(params), cv_rmse=cv, seconds=secs)
+    return FitResult(
+        pipeline=pipe,
+        family=family,
+        params=dict(params),
+        cv_rmse=cv,
+        seconds=secs,
+        candidates=len(cands),
+        tried=tried,
+        budget_seconds=budget_seconds,
+        budget_stopped=stopped,
+        search_seconds=round(search_secs, 3),
+    )
 
 
 # ------------------------------------------------------------------ evaluation
