@@ -24,6 +24,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -71,6 +72,65 @@ class FileEntry(BaseModel):
     bytes: int
 
 
+BASE_HOLDOUT = "base_holdout"
+RECENT_LABELLED = "recent_labelled"
+
+
+class PerformanceBaseline(BaseModel):
+    """The error the monitor judges the serving model against (``Manifest.performance_baseline``).
+
+    After a promotion decided on the recent labelled holdout (the production rows that justified it),
+    the baseline is the model's error THERE, not on the base dataset's holdout: under a lasting shift
+    the window looks like that holdout, so judging it against the base test MAE would call the healed
+    model degraded after every cooldown.
+    """
+
+    evaluation_set: str = Field(
+        description="'recent_labelled' or 'base_holdout': where the error was measured"
+    )
+    mae: float
+    rmse: float | None = None
+    rows: int | None = Field(default=None, description="rows of that evaluation set (None: not recorded)")
+    measured_at: datetime | None = Field(default=None, description="when the model was evaluated there")
+
+
+def performance_baseline(
+    metrics: dict[str, float],
+    evaluation_set: str | None = None,
+    rows: int | None = None,
+    measured_at: datetime | None = None,
+) -> PerformanceBaseline | None:
+    """The baseline from a model's metrics (``<set>_mae`` keys; plain ``mae`` = the base holdout).
+
+    ``evaluation_set`` None: ``recent_labelled`` when its MAE was measured, else the base holdout.
+    None when the metrics hold no finite MAE for that set.
+    """
+    chosen = evaluation_set or (
+        RECENT_LABELLED if _finite(metrics.get(f"{RECENT_LABELLED}_mae")) else BASE_HOLDOUT
+    )
+    if chosen == BASE_HOLDOUT:
+        mae, rmse = (
+            metrics.get(f"{BASE_HOLDOUT}_mae", metrics.get("mae")),
+            metrics.get(f"{BASE_HOLDOUT}_rmse", metrics.get("rmse")),
+        )
+    else:
+        mae, rmse = metrics.get(f"{chosen}_mae"), metrics.get(f"{chosen}_rmse")
+    if not _finite(mae):
+        return None
+    assert mae is not None
+    return PerformanceBaseline(
+        evaluation_set=chosen,
+        mae=float(mae),
+        rmse=float(rmse) if _finite(rmse) and rmse is not None else None,
+        rows=rows,
+        measured_at=measured_at,
+    )
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class Manifest(BaseModel):
     """``manifest.json``: everything a reader needs, without MLflow."""
 
@@ -91,10 +151,16 @@ class Manifest(BaseModel):
     libraries: dict[str, str] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     reason: str = ""
+    # what the monitor compares the window's error with; None in exports written before it existed
+    performance_baseline: PerformanceBaseline | None = None
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    def baseline(self) -> PerformanceBaseline | None:
+        """``performance_baseline``, or (older exports) the base test error from ``metrics``."""
+        return self.performance_baseline or performance_baseline(self.metrics, BASE_HOLDOUT)
 
 
 class ChampionMarker(BaseModel):

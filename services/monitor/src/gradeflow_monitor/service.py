@@ -20,14 +20,14 @@ import pandas as pd
 from gradeflow_shared.contracts import DriftVerdict, Job, RetrainRequest
 from gradeflow_shared.errors import Conflict, GradeflowError
 from gradeflow_shared.http import ServiceClient
-from gradeflow_shared.manifest import Manifest
+from gradeflow_shared.manifest import RECENT_LABELLED, Manifest
 from gradeflow_shared.settings import require_secret
 
-from . import guards
+from . import guards, story
 from .config import MonitorSettings
 from .drift import DriftPolicy, DriftResult, evaluate_drift
 from .metrics import MonitorMetrics
-from .performance import PerformanceResult, evaluate_performance
+from .performance import PerformanceResult, baseline_of, evaluate_performance
 from .sources import InferenceWindow, ServingModel, load_serving_model
 from .storage import ColumnResult, Run, Store, _aware
 
@@ -86,18 +86,29 @@ def write_report(
     extra: dict[str, Any],
     html_path: Path | None,
     json_path: Path,
-) -> None:
-    """The Evidently HTML (when a report ran) and a JSON with the Evidently snapshot plus our verdicts."""
+    header: str | None = None,
+) -> bool:
+    """The Evidently HTML (when a report ran; ``header`` on top of it) and a JSON with the Evidently
+    snapshot plus our verdicts (and ``extra``: the story fields). Without an Evidently report and with
+    a ``header``, the HTML is the header alone. Returns whether an HTML file was written."""
     body: dict[str, Any] = {
         **extra,
         "drift": result.summary(),
         "performance": perf.as_dict() if perf else None,
     }
+    wrote = False
     if result.snapshot is not None:
         body["evidently"] = result.snapshot.dict()
         if html_path is not None:
             result.snapshot.save_html(str(html_path))
+            if header:
+                html_path.write_text(story.inject_header(html_path.read_text(), header))
+            wrote = True
+    elif html_path is not None and header:
+        html_path.write_text(story.standalone_page(header, f"No drift report: {result.reason}"))
+        wrote = True
     json_path.write_text(json.dumps(body, default=str, indent=1))
+    return wrote
 
 
 @dataclass
@@ -201,12 +212,17 @@ class Monitor:
             run.rows = len(window)
             if "id" in window and len(window):
                 run.window_first_id, run.window_last_id = int(window["id"].min()), int(window["id"].max())
+            run.window_first_at, run.window_last_at = _time_range(window)
 
             drift = evaluate_drift(
                 window, reference, nums, cats, self.policy, categories=known_categories(manifest)
             )
             perf = evaluate_performance(
-                window, manifest.metrics if manifest else {}, s.degradation_ratio, s.min_labelled_rows
+                window,
+                manifest.metrics if manifest else {},
+                s.degradation_ratio,
+                s.min_labelled_rows,
+                baseline=baseline_of(manifest),
             )
             self._fill_verdicts(run, drift, perf)
             state = self.store.guard_state()
@@ -216,7 +232,8 @@ class Monitor:
                 decision = self._trigger(run, decision)
             run.action, run.action_code, run.action_reason = decision.action, decision.code, decision.reason
             run.status = "ok" if drift.verdict else "no_verdict"
-            self._write_files(run, drift, perf, html_out)
+            run.finished_at = self.clock()
+            self._write_files(run, drift, perf, html_out, manifest, state.last_job_id)
         except GradeflowError as exc:
             logger.warning("check %s failed: %s", run.id, exc.message)
             run.status, run.action, run.error = "error", guards.ERROR, f"{exc.error_code}: {exc.message}"
@@ -266,7 +283,10 @@ class Monitor:
         run.labelled_rows = perf.labelled_rows
         run.degraded = perf.degraded
         run.mae, run.rmse, run.test_mae, run.test_rmse = perf.mae, perf.rmse, perf.test_mae, perf.test_rmse
-        run.performance_json = json.dumps({**perf.figures(), "reason": perf.reason})
+        run.baseline_mae, run.baseline_set = perf.baseline_mae, perf.baseline_set
+        run.performance_json = json.dumps(
+            {**perf.figures(), "baseline_set": perf.baseline_set, "reason": perf.reason}
+        )
 
     def _decide(
         self, run: Run, drift: DriftResult, perf: PerformanceResult, state: guards.GuardState
@@ -274,6 +294,17 @@ class Monitor:
         s = self.settings
         if not drift.verdict and not perf.degraded:
             return guards.Decision(guards.NO_VERDICT, drift.reason)
+        if drift.dataset_drift and not perf.degraded and settled(perf):
+            # the serving model was promoted on recent labelled traffic and the window's labels show it
+            # performs as it did there: the drift (against the base reference) is the shift it was
+            # trained for, not a reason to retrain again
+            return guards.Decision(
+                guards.NONE,
+                f"dataset drift ({len(drift.drifted_columns)}/{len(drift.columns)} columns: "
+                f"{', '.join(drift.drifted_columns)}), but the model was validated on recent labelled "
+                f"traffic and still performs as there ({perf.reason}): settled, no retrain",
+                story.SETTLED,
+            )
         why = []
         if drift.dataset_drift:
             why.append(
@@ -331,22 +362,34 @@ class Monitor:
 
     # ------------------------------------------------------------------ report files
     def _write_files(
-        self, run: Run, drift: DriftResult, perf: PerformanceResult, html_out: Path | None
+        self,
+        run: Run,
+        drift: DriftResult,
+        perf: PerformanceResult,
+        html_out: Path | None,
+        manifest: Manifest | None = None,
+        last_job_id: str | None = None,
     ) -> None:
         reports = self.settings.reports_dir()
-        html = reports / f"run-{run.id:06d}.html" if drift.snapshot is not None else None
+        html = reports / f"run-{run.id:06d}.html"
         js = reports / f"run-{run.id:06d}.json"
+        told = story.story(
+            run,
+            model_run_id=manifest.run_id if manifest else None,
+            job_id=last_job_id if run.action == guards.SKIPPED else None,
+            trainer_url=self.settings.trainer_public_url or self.settings.trainer_url,
+            performance=perf.as_dict(),
+        )
         extra = {
-            "run_id": run.id,
-            "model_version": run.model_version,
+            **told,
             "window_first_id": run.window_first_id,
             "window_last_id": run.window_last_id,
             "policy": json.loads(run.policy_json),
         }
-        write_report(drift, perf, extra, html, js)
-        run.report_html = str(html) if html else None
+        wrote = write_report(drift, perf, extra, html, js, header=story.header_html(told))
+        run.report_html = str(html) if wrote else None
         run.report_json = str(js)
-        if html_out is not None and html is not None:
+        if html_out is not None and drift.snapshot is not None and wrote:
             html_out.write_bytes(html.read_bytes())
 
     def _prune_reports(self) -> None:
@@ -378,6 +421,22 @@ class Monitor:
             else (f"/reports/{run.id}.json" if run.report_json else None),
             retrain_job_id=run.retrain_job_id,
         )
+
+
+def settled(perf: PerformanceResult) -> bool:
+    """The serving model's baseline comes from recent labelled traffic and the window's labelled rows
+    give a verdict within it: feature drift against the (base) reference alone does not retrain."""
+    return perf.baseline_set == RECENT_LABELLED and perf.has_verdict and not perf.degraded
+
+
+def _time_range(window: pd.DataFrame) -> tuple[datetime | None, datetime | None]:
+    """The first and last prediction timestamps of the window (None without a ``ts`` column)."""
+    if "ts" not in window or not len(window):
+        return None, None
+    ts = pd.to_datetime(window["ts"], utc=True, errors="coerce").dropna()
+    if not len(ts):
+        return None, None
+    return ts.min().to_pydatetime(), ts.max().to_pydatetime()
 
 
 def _new_labelled(window: pd.DataFrame, since: datetime | None) -> int:

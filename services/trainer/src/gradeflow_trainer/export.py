@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,12 @@ def export_model(
     target_max: float | None = None,
     model_uri: str = "",
     swap_current: bool = True,
+    performance_baseline: mf.PerformanceBaseline | None = None,
 ) -> Path:
     """Compile, verify and atomically publish an export; returns the new version directory.
+
+    ``performance_baseline`` is what the monitor judges the model against; None: derived from
+    ``metrics`` (the recent labelled holdout's error when measured, else the base test error).
 
     ``swap_current=False`` stages it under ``versions/`` only (the promotion transaction swaps
     ``current`` after the registry's alias moved). Raises ExportError (and leaves ``current``
@@ -88,6 +93,8 @@ def export_model(
         onnx_max_abs_diff=diff,
         libraries=mf.library_versions(*LIBRARIES),
         reason=reason,
+        performance_baseline=performance_baseline
+        or mf.performance_baseline(metrics, measured_at=datetime.now(UTC)),
     )
 
     def write_files(staging: Path) -> None:

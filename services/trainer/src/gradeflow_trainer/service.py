@@ -478,6 +478,17 @@ def _decision_tags(decision: GateDecision, data: TrainingData, request: RetrainR
     }
 
 
+def baseline_of(decision: GateDecision, cand: Candidate, data: TrainingData) -> mf.PerformanceBaseline | None:
+    """The monitor's baseline for a promoted candidate: its error on the set the gate decided on (the
+    recent labelled holdout when it was evaluated), with that set's size and the time."""
+    deciding = decision.evaluated_on[-1] if decision.evaluated_on else None
+    if deciding == gate.RECENT and data.X_recent is not None:
+        rows: int | None = len(data.X_recent)
+    else:
+        deciding, rows = gate.BASE, len(data.X_test)
+    return mf.performance_baseline(cand.metrics, deciding, rows=rows, measured_at=datetime.now(UTC))
+
+
 def decide_and_publish(
     settings: TrainerSettings,
     registry: Registry,
@@ -532,6 +543,7 @@ def decide_and_publish(
                     target_max=data.spec.target_max,
                     model_uri=registered.model_uri,
                     swap_current=False,
+                    performance_baseline=baseline_of(decision, cand, data),
                 )
 
             try:
