@@ -78,7 +78,7 @@ def chart(runs_oldest_first: list[Run], width: int = 640, height: int = 180) -> 
     baselines = [r.baseline_mae if r.mae is not None else None for r in runs_oldest_first]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="drift share and window MAE over time">',
+        f'aria-label="checks over time">',
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fafafa" stroke="#ddd"/>',
     ]
     if any(v is not None for v in shares):

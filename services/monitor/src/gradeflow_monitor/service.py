@@ -314,7 +314,7 @@ class Monitor:
             )
         if perf.degraded:
             why.append(f"performance degraded: {perf.reason}")
-        job_state = self._job_state(state) if why else None
+        job_state, promoted = self._last_job(state) if why else (None, None)
         return guards.decide(
             guards.GuardInput(
                 now=self.clock(),
@@ -328,20 +328,25 @@ class Monitor:
                 cooldown_seconds=s.retrain_cooldown_seconds,
                 job_state=job_state,
                 failure_backoff_seconds=s.retrain_failure_backoff_seconds,
+                model_version=run.model_version,
+                promoted_version=promoted,
             ),
             state,
         )
 
-    def _job_state(self, state: guards.GuardState) -> str | None:
+    def _last_job(self, state: guards.GuardState) -> tuple[str | None, int | None]:
+        """State of the last retrain job, and the version it promoted (None: none, or not promoted)."""
         if not state.last_job_id:
-            return None
+            return None, None
         try:
-            return self.trainer.job(state.last_job_id).state
+            job = self.trainer.job(state.last_job_id)
         except GradeflowError as exc:
             if getattr(exc, "http_status", None) == 404 or exc.status_code == 404:
-                return None  # the trainer forgot the job (restart): not in flight
+                return None, None  # the trainer forgot the job (restart): not in flight
             logger.warning("cannot poll retrain job %s: %s", state.last_job_id, exc.message)
-            return "unknown"
+            return "unknown", None
+        promoted = job.result.version if job.result is not None and job.result.decision.promoted else None
+        return job.state, promoted
 
     def _trigger(self, run: Run, decision: guards.Decision) -> guards.Decision:
         req = RetrainRequest(

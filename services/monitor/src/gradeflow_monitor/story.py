@@ -29,6 +29,7 @@ _SKIP_LABELS = {
     guards.SKIP_WINDOW: "window too small",
     guards.SKIP_BACKOFF: "trainer unreachable: backing off",
     guards.SKIP_AUTO_OFF: "alert only (AUTO_RETRAIN off)",
+    guards.SKIP_SUPERSEDED: "new model promoted: judged on its own traffic next",
 }
 SETTLED = "settled"  # action code of a drift the serving model was already validated on
 
@@ -80,6 +81,8 @@ def story(
             role = "called"
         elif run.action_code == guards.SKIP_IN_FLIGHT:
             role = "in flight"
+        elif run.action_code == guards.SKIP_SUPERSEDED:
+            role = "promoted a newer version"
         else:
             role = "last retrain"
     drifted = run.drifted_columns
