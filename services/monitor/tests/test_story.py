@@ -89,9 +89,9 @@ def settings(tmp_path: Path, **kw: Any) -> MonitorSettings:
 
 
 def monitor(
-    tmp_path: Path, baseline: PerformanceBaseline | None, **kw: Any
+    tmp_path: Path, baseline: PerformanceBaseline | None, recent: pd.DataFrame | None = None, **kw: Any
 ) -> tuple[Monitor, Window, Trainer]:
-    simple_export(tmp_path / "models", metrics={"mae": 1.0, "rmse": 1.25}, baseline=baseline)
+    simple_export(tmp_path / "models", metrics={"mae": 1.0, "rmse": 1.25}, baseline=baseline, recent=recent)
     s = settings(tmp_path, **kw)
     window, trainer = Window(), Trainer()
     return Monitor(s, Store(s.db_url()), window=window, trainer=trainer, clock=Clock()), window, trainer
@@ -127,6 +127,31 @@ def test_settled_after_healing_drift_the_model_was_validated_on(tmp_path: Path) 
     run = mon.run_check("test")
     assert run.degraded and run.action == g.TRIGGERED and "performance degraded" in run.action_reason
     assert len(trainer.calls) == 1
+
+
+def test_traffic_is_compared_with_the_rows_the_model_was_promoted_on(tmp_path: Path) -> None:
+    shifted = synth.generate(300, seed=5, scenario="covariate_attendance")  # what v2 was promoted on
+    mon, window, trainer = monitor(tmp_path, RECENT, recent=shifted)
+    # the same shift goes on: no drift against those rows, the model performs as there -> nothing to do
+    window.set(synth.generate(600, seed=11, scenario="covariate_attendance"), offset=2.0)
+    run = mon.run_check("test")
+    assert run.reference_set == "recent_labelled" and run.reference_rows == 300
+    assert not run.dataset_drift and not run.degraded and run.action == g.NONE and not trainer.calls
+    # a different shift (attendance back to normal): drift against those rows, retrain though not degraded
+    window.set(synth.generate(600, seed=12), offset=2.0, start_id=601)
+    run = mon.run_check("test")
+    assert run.dataset_drift and "attendance_pct" in run.drifted_columns and not run.degraded
+    assert run.action == g.TRIGGERED and len(trainer.calls) == 1
+    told = json.loads(Path(run.report_json or "").read_text())["verdict"]
+    assert (told["reference"], told["reference_rows"]) == ("recent_labelled", 300)
+
+
+def test_too_few_recent_rows_fall_back_to_the_training_reference(tmp_path: Path) -> None:
+    shifted = synth.generate(30, seed=5, scenario="covariate_attendance")
+    mon, window, _ = monitor(tmp_path, RECENT, recent=shifted)  # MIN_RECENT_REFERENCE_ROWS 50
+    window.set(synth.generate(300, seed=11), offset=2.0)
+    run = mon.run_check("test")
+    assert run.reference_set == "training" and run.reference_rows == 1000 and not run.dataset_drift
 
 
 def test_without_a_recent_baseline_drift_still_triggers(tmp_path: Path) -> None:

@@ -67,6 +67,13 @@ def test_baseline_is_the_base_test_error_then_the_recent_holdout_error(
     assert b2.rows == r2.rows["production_holdout"] == 120
     assert b2.mae == pytest.approx(r2.metrics["recent_labelled_mae"]) != pytest.approx(r2.metrics["mae"])
     assert m2.baseline() == b2
+    # the rows it was measured on travel with the export (the monitor's drift reference), checksummed
+    export_dir = mf.resolve_current(settings.models_path)
+    assert export_dir is not None and "reference_recent" in m2.files
+    recent = mf.read_reference_records(export_dir, m2, key="reference_recent")
+    assert len(recent) == 120 and recent[-1][TARGET] == pytest.approx(float(df[TARGET].iloc[-1]))
+    first = next(p for p in mf.list_exports(settings.models_path) if p.name.startswith("v000001-"))
+    assert "reference_recent" not in mf.read_manifest(first).files
 
 
 def test_manifest_without_a_baseline_reads_as_before() -> None:

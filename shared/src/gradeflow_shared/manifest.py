@@ -9,6 +9,7 @@ Layout of ``MODEL_DIR``::
         model.joblib         (the fitted scikit-learn Pipeline; joblib = pickle: check sha256 first)
         model.onnx           (the same pipeline compiled with skl2onnx, verified against sklearn)
         reference.csv        (a sample of the training data with the target, for the monitor)
+        reference_recent.csv (optional: the recent labelled holdout a promotion was decided on)
       history.jsonl          (one line per publish: version, dir, reason, time)
 
 Writers build a complete version directory under ``.staging-*`` first, fsync it, rename it
@@ -41,6 +42,9 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.csv"
+# the recent labelled rows a promotion was decided on (with the target): what the monitor compares the
+# traffic with while the model's performance baseline comes from them
+RECENT_REFERENCE_FILE = "reference_recent.csv"
 CURRENT = "current"
 VERSIONS = "versions"
 HISTORY = "history.jsonl"
@@ -277,7 +281,7 @@ def verify_files(export_dir: Path, manifest: Manifest, keys: tuple[str, ...] = (
 
 
 def read_reference_records(
-    export_dir: Path, manifest: Manifest, rows: int | None = None
+    export_dir: Path, manifest: Manifest, rows: int | None = None, key: str = "reference"
 ) -> list[dict[str, Any]]:
     """The reference sample's records (the first ``rows``, or all), typed per the manifest's features.
 
@@ -285,8 +289,10 @@ def read_reference_records(
     as a float under its own name. Pure ``csv``: readers that must stay light (inference) use it as is,
     the monitor builds a DataFrame from it. Raises ExportError on an unreadable or empty file.
     """
-    entry = manifest.files.get("reference")
-    name = entry.path if entry is not None else REFERENCE_FILE
+    entry = manifest.files.get(key)
+    name = (
+        entry.path if entry is not None else (REFERENCE_FILE if key == "reference" else RECENT_REFERENCE_FILE)
+    )
     out: list[dict[str, Any]] = []
     try:
         with open(Path(export_dir) / name, newline="") as fh:
@@ -354,7 +360,12 @@ def publish(
         if hook:
             hook("files-written")
         files = {}
-        for key, fname in (("model", MODEL_FILE), ("onnx", ONNX_FILE), ("reference", REFERENCE_FILE)):
+        for key, fname in (
+            ("model", MODEL_FILE),
+            ("onnx", ONNX_FILE),
+            ("reference", REFERENCE_FILE),
+            ("reference_recent", RECENT_REFERENCE_FILE),
+        ):
             if (staging / fname).exists():
                 files[key] = file_entry(staging, fname)
         manifest = manifest.model_copy(update={"files": files})

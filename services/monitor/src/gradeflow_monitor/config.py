@@ -51,6 +51,13 @@ class MonitorSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="Labelled rows needed for a performance verdict, and new labelled rows (feedback received "
         "since the last retrain) needed before another retrain (MIN_LABELLED_ROWS).",
     )
+    min_recent_reference_rows: int = Field(
+        default=50,
+        ge=1,
+        description="When the serving model was promoted on recent labelled rows (its export carries them, "
+        "reference_recent.csv) and there are at least this many, the window is compared with them instead of "
+        "the training sample (MIN_RECENT_REFERENCE_ROWS).",
+    )
     degradation_ratio: float = Field(
         default=1.3,
         gt=0,

@@ -33,6 +33,8 @@ from .storage import ColumnResult, Run, Store, _aware
 
 logger = logging.getLogger(__name__)
 
+TRAINING_REFERENCE = "training"
+
 
 class WindowSource(Protocol):
     def fetch(self, model_version: int) -> pd.DataFrame: ...
@@ -202,12 +204,24 @@ class Monitor:
                 manifest: Manifest | None = serving.manifest
                 nums, cats = feature_lists(serving.manifest)
                 window = self.window.fetch(serving.manifest.version)
-                reference = serving.reference
+                reference, run.reference_set = serving.reference, TRAINING_REFERENCE
+                baseline = serving.manifest.baseline()
+                if (
+                    serving.recent_reference is not None
+                    and baseline is not None
+                    and baseline.evaluation_set == RECENT_LABELLED
+                    and len(serving.recent_reference) >= s.min_recent_reference_rows
+                ):
+                    # the model was promoted on these rows and is judged against its error there: the
+                    # traffic is compared with them too, so the shift it was trained for is no drift and
+                    # a different one is
+                    reference, run.reference_set = serving.recent_reference, RECENT_LABELLED
                 run.model_version = serving.manifest.version
             else:
                 manifest = inputs.manifest
                 nums, cats = inputs.num_cols, inputs.cat_cols
                 window, reference = inputs.current, inputs.reference
+                run.reference_set = "given"
                 run.model_version = manifest.version if manifest else None
             run.rows = len(window)
             if "id" in window and len(window):
@@ -294,7 +308,12 @@ class Monitor:
         s = self.settings
         if not drift.verdict and not perf.degraded:
             return guards.Decision(guards.NO_VERDICT, drift.reason)
-        if drift.dataset_drift and not perf.degraded and settled(perf):
+        if (
+            drift.dataset_drift
+            and not perf.degraded
+            and settled(perf)
+            and run.reference_set != RECENT_LABELLED
+        ):
             # the serving model was promoted on recent labelled traffic and the window's labels show it
             # performs as it did there: the drift (against the base reference) is the shift it was
             # trained for, not a reason to retrain again

@@ -40,6 +40,9 @@ class Run(Base):
     window_last_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     rows: Mapped[int] = mapped_column(default=0)
     reference_rows: Mapped[int] = mapped_column(default=0)
+    # what the window was compared with: 'recent_labelled' (the rows the serving model was promoted on)
+    # or 'training' (the export's sample of its training data)
+    reference_set: Mapped[str | None] = mapped_column(sa.String(32))
     labelled_rows: Mapped[int] = mapped_column(default=0)
     new_labelled_rows: Mapped[int] = mapped_column(default=0)
     drift_share: Mapped[float | None]

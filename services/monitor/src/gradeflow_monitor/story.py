@@ -109,6 +109,8 @@ def story(
             "drifted": drifted,
             "drift_share": run.drift_share,
             "drift_share_threshold": run.drift_share_threshold,
+            "reference": run.reference_set,
+            "reference_rows": run.reference_rows,
             "degraded": bool(run.degraded),
             "performance_verdict": perf.get("ratio") is not None
             and 0 < perf.get("labelled_rows", 0) >= perf.get("min_labelled_rows", 0),
@@ -180,6 +182,8 @@ def header_html(s: dict[str, Any]) -> str:
             else "drift: no verdict"
         )
     )
+    if v["drift_verdict"] and v["reference"]:
+        drift += f" vs the {_e(v['reference'])} reference ({_e(v['reference_rows'])} rows)"
     if v["degraded"]:
         perf_word = f'<span style="{_BAD}">performance: degraded</span>'
     elif v["performance_verdict"]:

@@ -522,6 +522,16 @@ def decide_and_publish(
                 reason=decision.reason,
             )
 
+            baseline = baseline_of(decision, cand, data)
+            recent_ref = (
+                _with_target(data.X_recent, data.y_recent, data.spec.target)
+                if baseline is not None
+                and baseline.evaluation_set == gate.RECENT
+                and data.X_recent is not None
+                and data.y_recent is not None
+                else None
+            )
+
             def stage() -> Path:
                 return export_model(
                     settings.models_path,
@@ -543,7 +553,8 @@ def decide_and_publish(
                     target_max=data.spec.target_max,
                     model_uri=registered.model_uri,
                     swap_current=False,
-                    performance_baseline=baseline_of(decision, cand, data),
+                    performance_baseline=baseline,
+                    recent_reference=recent_ref,
                 )
 
             try:
