@@ -49,6 +49,11 @@ def test_triggers_when_all_guards_pass() -> None:
         ({}, g.GuardState(last_trigger_at=T0 - timedelta(seconds=3599), last_job_id="j"), g.SKIP_COOLDOWN),
         ({"new_labelled_rows": 49}, g.GuardState(), g.SKIP_LABELLED),
         ({}, g.GuardState(failures=1, last_failure_at=T0 - timedelta(seconds=30)), g.SKIP_BACKOFF),
+        (
+            {"job_state": "succeeded", "model_version": 1, "promoted_version": 2},
+            g.GuardState(last_trigger_at=T0 - timedelta(hours=2), last_job_id="j"),
+            g.SKIP_SUPERSEDED,
+        ),
     ],
 )
 def test_each_guard_skips_with_its_reason(kw: dict[str, object], state: g.GuardState, code: str) -> None:
@@ -71,3 +76,10 @@ def test_failure_backoff_doubles_and_is_capped() -> None:
     state = g.GuardState(failures=3, last_failure_at=T0 - timedelta(seconds=200))
     assert g.decide(inp(), state).code == g.SKIP_BACKOFF
     assert g.decide(inp(now=T0 + timedelta(seconds=41)), state).trigger
+
+
+def test_a_finished_job_that_promoted_the_judged_version_or_older_does_not_block() -> None:
+    state = g.GuardState(last_trigger_at=T0 - timedelta(hours=2), last_job_id="j")
+    for judged in (2, 3):  # the check already judged the promoted model (or a later one)
+        d = g.decide(inp(job_state="succeeded", model_version=judged, promoted_version=2), state)
+        assert d.trigger, d

@@ -9,6 +9,7 @@ Layout of ``MODEL_DIR``::
         model.joblib         (the fitted scikit-learn Pipeline; joblib = pickle: check sha256 first)
         model.onnx           (the same pipeline compiled with skl2onnx, verified against sklearn)
         reference.csv        (a sample of the training data with the target, for the monitor)
+        reference_recent.csv (optional: the recent labelled holdout a promotion was decided on)
       history.jsonl          (one line per publish: version, dir, reason, time)
 
 Writers build a complete version directory under ``.staging-*`` first, fsync it, rename it
@@ -24,6 +25,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -40,6 +42,9 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.joblib"
 ONNX_FILE = "model.onnx"
 REFERENCE_FILE = "reference.csv"
+# the recent labelled rows a promotion was decided on (with the target): what the monitor compares the
+# traffic with while the model's performance baseline comes from them
+RECENT_REFERENCE_FILE = "reference_recent.csv"
 CURRENT = "current"
 VERSIONS = "versions"
 HISTORY = "history.jsonl"
@@ -71,6 +76,65 @@ class FileEntry(BaseModel):
     bytes: int
 
 
+BASE_HOLDOUT = "base_holdout"
+RECENT_LABELLED = "recent_labelled"
+
+
+class PerformanceBaseline(BaseModel):
+    """The error the monitor judges the serving model against (``Manifest.performance_baseline``).
+
+    After a promotion decided on the recent labelled holdout (the production rows that justified it),
+    the baseline is the model's error THERE, not on the base dataset's holdout: under a lasting shift
+    the window looks like that holdout, so judging it against the base test MAE would call the healed
+    model degraded after every cooldown.
+    """
+
+    evaluation_set: str = Field(
+        description="'recent_labelled' or 'base_holdout': where the error was measured"
+    )
+    mae: float
+    rmse: float | None = None
+    rows: int | None = Field(default=None, description="rows of that evaluation set (None: not recorded)")
+    measured_at: datetime | None = Field(default=None, description="when the model was evaluated there")
+
+
+def performance_baseline(
+    metrics: dict[str, float],
+    evaluation_set: str | None = None,
+    rows: int | None = None,
+    measured_at: datetime | None = None,
+) -> PerformanceBaseline | None:
+    """The baseline from a model's metrics (``<set>_mae`` keys; plain ``mae`` = the base holdout).
+
+    ``evaluation_set`` None: ``recent_labelled`` when its MAE was measured, else the base holdout.
+    None when the metrics hold no finite MAE for that set.
+    """
+    chosen = evaluation_set or (
+        RECENT_LABELLED if _finite(metrics.get(f"{RECENT_LABELLED}_mae")) else BASE_HOLDOUT
+    )
+    if chosen == BASE_HOLDOUT:
+        mae, rmse = (
+            metrics.get(f"{BASE_HOLDOUT}_mae", metrics.get("mae")),
+            metrics.get(f"{BASE_HOLDOUT}_rmse", metrics.get("rmse")),
+        )
+    else:
+        mae, rmse = metrics.get(f"{chosen}_mae"), metrics.get(f"{chosen}_rmse")
+    if not _finite(mae):
+        return None
+    assert mae is not None
+    return PerformanceBaseline(
+        evaluation_set=chosen,
+        mae=float(mae),
+        rmse=float(rmse) if _finite(rmse) and rmse is not None else None,
+        rows=rows,
+        measured_at=measured_at,
+    )
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class Manifest(BaseModel):
     """``manifest.json``: everything a reader needs, without MLflow."""
 
@@ -91,10 +155,16 @@ class Manifest(BaseModel):
     libraries: dict[str, str] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     reason: str = ""
+    # what the monitor compares the window's error with; None in exports written before it existed
+    performance_baseline: PerformanceBaseline | None = None
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    def baseline(self) -> PerformanceBaseline | None:
+        """``performance_baseline``, or (older exports) the base test error from ``metrics``."""
+        return self.performance_baseline or performance_baseline(self.metrics, BASE_HOLDOUT)
 
 
 class ChampionMarker(BaseModel):
@@ -211,7 +281,7 @@ def verify_files(export_dir: Path, manifest: Manifest, keys: tuple[str, ...] = (
 
 
 def read_reference_records(
-    export_dir: Path, manifest: Manifest, rows: int | None = None
+    export_dir: Path, manifest: Manifest, rows: int | None = None, key: str = "reference"
 ) -> list[dict[str, Any]]:
     """The reference sample's records (the first ``rows``, or all), typed per the manifest's features.
 
@@ -219,8 +289,10 @@ def read_reference_records(
     as a float under its own name. Pure ``csv``: readers that must stay light (inference) use it as is,
     the monitor builds a DataFrame from it. Raises ExportError on an unreadable or empty file.
     """
-    entry = manifest.files.get("reference")
-    name = entry.path if entry is not None else REFERENCE_FILE
+    entry = manifest.files.get(key)
+    name = (
+        entry.path if entry is not None else (REFERENCE_FILE if key == "reference" else RECENT_REFERENCE_FILE)
+    )
     out: list[dict[str, Any]] = []
     try:
         with open(Path(export_dir) / name, newline="") as fh:
@@ -288,7 +360,12 @@ def publish(
         if hook:
             hook("files-written")
         files = {}
-        for key, fname in (("model", MODEL_FILE), ("onnx", ONNX_FILE), ("reference", REFERENCE_FILE)):
+        for key, fname in (
+            ("model", MODEL_FILE),
+            ("onnx", ONNX_FILE),
+            ("reference", REFERENCE_FILE),
+            ("reference_recent", RECENT_REFERENCE_FILE),
+        ):
             if (staging / fname).exists():
                 files[key] = file_entry(staging, fname)
         manifest = manifest.model_copy(update={"files": files})

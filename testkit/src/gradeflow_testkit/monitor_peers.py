@@ -14,7 +14,14 @@ from fastapi import FastAPI, Header, HTTPException, Query
 import gradeflow_shared.synth as synth
 from gradeflow_monitor.config import MonitorSettings
 from gradeflow_shared.contracts import Job, LoggedPrediction, PredictionPage, RetrainRequest
-from gradeflow_shared.manifest import FeatureSpec, Manifest, publish
+from gradeflow_shared.manifest import (
+    RECENT_REFERENCE_FILE,
+    REFERENCE_FILE,
+    FeatureSpec,
+    Manifest,
+    PerformanceBaseline,
+    publish,
+)
 
 # what the monitor's tests configure as ADMIN_TOKEN (long enough for require_secret)
 ADMIN_TOKEN = "monitor-tests-admin-token-4f9c2e"
@@ -110,9 +117,16 @@ class FakeTrainer:
 
 
 def simple_export(
-    model_dir: Path, version: int = 1, reference_rows: int = 1000, metrics: dict[str, float] | None = None
+    model_dir: Path,
+    version: int = 1,
+    reference_rows: int = 1000,
+    metrics: dict[str, float] | None = None,
+    baseline: PerformanceBaseline | None = None,
+    recent: pd.DataFrame | None = None,
 ) -> Path:
-    """A minimal export (manifest + reference.csv) of the synthetic schema via manifest.publish."""
+    """A minimal export (manifest + reference.csv) of the synthetic schema via manifest.publish
+    (``baseline``: its performance_baseline; None = none, as exports before the field; ``recent``: the
+    recent labelled rows written as reference_recent.csv)."""
     ref = synth.generate(reference_rows, seed=7)
     feats = [FeatureSpec(name=c.name, kind=c.kind, categories=c.categories) for c in synth.COLUMNS]
     m = Manifest(
@@ -122,8 +136,15 @@ def simple_export(
         target=synth.TARGET,
         features=feats,
         metrics=metrics or {"mae": 1.0, "rmse": 1.25},
+        performance_baseline=baseline,
     )
-    return publish(model_dir, m, lambda d: ref.to_csv(d / "reference.csv", index=False))
+
+    def write(d: Path) -> None:
+        ref.to_csv(d / REFERENCE_FILE, index=False)
+        if recent is not None:
+            recent.to_csv(d / RECENT_REFERENCE_FILE, index=False)
+
+    return publish(model_dir, m, write)
 
 
 def monitor_settings(

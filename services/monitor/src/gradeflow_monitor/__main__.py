@@ -44,7 +44,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gradeflow_shared.manifest import read_current
 
     from .drift import evaluate_drift
-    from .performance import evaluate_performance
+    from .performance import baseline_of, evaluate_performance
     from .service import CheckInputs, Monitor, known_categories, policy_from_settings, write_report
     from .sources import InferenceWindow, read_csv_frame, reference_frame
     from .storage import Store
@@ -92,7 +92,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         inputs.current, inputs.reference, nums, cats, policy, categories=known_categories(manifest)
     )
     perf = evaluate_performance(
-        current, manifest.metrics if manifest else {}, s.degradation_ratio, s.min_labelled_rows
+        current,
+        manifest.metrics if manifest else {},
+        s.degradation_ratio,
+        s.min_labelled_rows,
+        baseline=baseline_of(manifest),
     )
     json_path = out.with_suffix(".json")
     write_report(drift, perf, {"current": args.current, "reference": args.reference}, out, json_path)

@@ -17,6 +17,11 @@ class MonitorSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
     trainer_url: str = Field(
         default="http://127.0.0.1:8001", description="Trainer service, asked to retrain (TRAINER_URL)."
     )
+    trainer_public_url: str = Field(
+        default="",
+        description="The trainer's base URL as a person's browser reaches it, for the job links in the reports "
+        "(TRAINER_PUBLIC_URL); empty = TRAINER_URL.",
+    )
     monitor_db_url: str = Field(
         default="",
         description="SQLAlchemy URL of the run history (MONITOR_DB_URL); default sqlite:///DATA_DIR/monitor/monitor.db.",
@@ -46,8 +51,19 @@ class MonitorSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="Labelled rows needed for a performance verdict, and new labelled rows (feedback received "
         "since the last retrain) needed before another retrain (MIN_LABELLED_ROWS).",
     )
+    min_recent_reference_rows: int = Field(
+        default=50,
+        ge=1,
+        description="When the serving model was promoted on recent labelled rows (its export carries them, "
+        "reference_recent.csv) and there are at least this many, the window is compared with them instead of "
+        "the training sample (MIN_RECENT_REFERENCE_ROWS).",
+    )
     degradation_ratio: float = Field(
-        default=1.3, gt=0, description="Degraded when window MAE > DEGRADATION_RATIO x the model's test MAE."
+        default=1.3,
+        gt=0,
+        description="Degraded when window MAE > DEGRADATION_RATIO x the model's performance baseline MAE "
+        "(the manifest's performance_baseline: its error on the recent labelled holdout that promoted it, "
+        "else its base test MAE) (DEGRADATION_RATIO).",
     )
     retrain_cooldown_seconds: float = Field(
         default=3600.0,

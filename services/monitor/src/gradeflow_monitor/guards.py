@@ -26,6 +26,7 @@ SKIP_IN_FLIGHT = "in_flight"
 SKIP_COOLDOWN = "cooldown"
 SKIP_LABELLED = "few_new_labelled_rows"
 SKIP_BACKOFF = "trainer_backoff"
+SKIP_SUPERSEDED = "superseded"
 
 ACTIVE_JOB_STATES = ("queued", "running")
 
@@ -53,6 +54,8 @@ class GuardInput:
     cooldown_seconds: float
     job_state: str | None  # state of the last retrain job (None: none known)
     failure_backoff_seconds: float
+    model_version: int | None = None  # the version this check judged
+    promoted_version: int | None = None  # the version the last retrain job promoted (None: none)
 
 
 @dataclass
@@ -87,6 +90,19 @@ def decide(inp: GuardInput, state: GuardState) -> Decision:
         what = "state unknown (trainer unreachable)" if inp.job_state == "unknown" else inp.job_state
         return Decision(
             SKIPPED, f"{inp.why}; retrain in flight (job {state.last_job_id} {what})", SKIP_IN_FLIGHT
+        )
+    if (
+        inp.promoted_version is not None
+        and inp.model_version is not None
+        and inp.promoted_version > inp.model_version
+    ):
+        # the job finished and promoted a newer version after this check resolved the serving one: the
+        # window judged is the old model's; the new one is judged on its own traffic
+        return Decision(
+            SKIPPED,
+            f"{inp.why}; retrain job {state.last_job_id} already promoted v{inp.promoted_version} "
+            f"(this check judged v{inp.model_version})",
+            SKIP_SUPERSEDED,
         )
     if state.last_trigger_at is not None:
         elapsed = (inp.now - state.last_trigger_at).total_seconds()

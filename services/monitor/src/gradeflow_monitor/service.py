@@ -20,18 +20,20 @@ import pandas as pd
 from gradeflow_shared.contracts import DriftVerdict, Job, RetrainRequest
 from gradeflow_shared.errors import Conflict, GradeflowError
 from gradeflow_shared.http import ServiceClient
-from gradeflow_shared.manifest import Manifest
+from gradeflow_shared.manifest import RECENT_LABELLED, Manifest
 from gradeflow_shared.settings import require_secret
 
-from . import guards
+from . import guards, story
 from .config import MonitorSettings
 from .drift import DriftPolicy, DriftResult, evaluate_drift
 from .metrics import MonitorMetrics
-from .performance import PerformanceResult, evaluate_performance
+from .performance import PerformanceResult, baseline_of, evaluate_performance
 from .sources import InferenceWindow, ServingModel, load_serving_model
 from .storage import ColumnResult, Run, Store, _aware
 
 logger = logging.getLogger(__name__)
+
+TRAINING_REFERENCE = "training"
 
 
 class WindowSource(Protocol):
@@ -86,18 +88,29 @@ def write_report(
     extra: dict[str, Any],
     html_path: Path | None,
     json_path: Path,
-) -> None:
-    """The Evidently HTML (when a report ran) and a JSON with the Evidently snapshot plus our verdicts."""
+    header: str | None = None,
+) -> bool:
+    """The Evidently HTML (when a report ran; ``header`` on top of it) and a JSON with the Evidently
+    snapshot plus our verdicts (and ``extra``: the story fields). Without an Evidently report and with
+    a ``header``, the HTML is the header alone. Returns whether an HTML file was written."""
     body: dict[str, Any] = {
         **extra,
         "drift": result.summary(),
         "performance": perf.as_dict() if perf else None,
     }
+    wrote = False
     if result.snapshot is not None:
         body["evidently"] = result.snapshot.dict()
         if html_path is not None:
             result.snapshot.save_html(str(html_path))
+            if header:
+                html_path.write_text(story.inject_header(html_path.read_text(), header))
+            wrote = True
+    elif html_path is not None and header:
+        html_path.write_text(story.standalone_page(header, f"No drift report: {result.reason}"))
+        wrote = True
     json_path.write_text(json.dumps(body, default=str, indent=1))
+    return wrote
 
 
 @dataclass
@@ -191,22 +204,39 @@ class Monitor:
                 manifest: Manifest | None = serving.manifest
                 nums, cats = feature_lists(serving.manifest)
                 window = self.window.fetch(serving.manifest.version)
-                reference = serving.reference
+                reference, run.reference_set = serving.reference, TRAINING_REFERENCE
+                baseline = serving.manifest.baseline()
+                if (
+                    serving.recent_reference is not None
+                    and baseline is not None
+                    and baseline.evaluation_set == RECENT_LABELLED
+                    and len(serving.recent_reference) >= s.min_recent_reference_rows
+                ):
+                    # the model was promoted on these rows and is judged against its error there: the
+                    # traffic is compared with them too, so the shift it was trained for is no drift and
+                    # a different one is
+                    reference, run.reference_set = serving.recent_reference, RECENT_LABELLED
                 run.model_version = serving.manifest.version
             else:
                 manifest = inputs.manifest
                 nums, cats = inputs.num_cols, inputs.cat_cols
                 window, reference = inputs.current, inputs.reference
+                run.reference_set = "given"
                 run.model_version = manifest.version if manifest else None
             run.rows = len(window)
             if "id" in window and len(window):
                 run.window_first_id, run.window_last_id = int(window["id"].min()), int(window["id"].max())
+            run.window_first_at, run.window_last_at = _time_range(window)
 
             drift = evaluate_drift(
                 window, reference, nums, cats, self.policy, categories=known_categories(manifest)
             )
             perf = evaluate_performance(
-                window, manifest.metrics if manifest else {}, s.degradation_ratio, s.min_labelled_rows
+                window,
+                manifest.metrics if manifest else {},
+                s.degradation_ratio,
+                s.min_labelled_rows,
+                baseline=baseline_of(manifest),
             )
             self._fill_verdicts(run, drift, perf)
             state = self.store.guard_state()
@@ -216,7 +246,8 @@ class Monitor:
                 decision = self._trigger(run, decision)
             run.action, run.action_code, run.action_reason = decision.action, decision.code, decision.reason
             run.status = "ok" if drift.verdict else "no_verdict"
-            self._write_files(run, drift, perf, html_out)
+            run.finished_at = self.clock()
+            self._write_files(run, drift, perf, html_out, manifest, state.last_job_id)
         except GradeflowError as exc:
             logger.warning("check %s failed: %s", run.id, exc.message)
             run.status, run.action, run.error = "error", guards.ERROR, f"{exc.error_code}: {exc.message}"
@@ -266,7 +297,10 @@ class Monitor:
         run.labelled_rows = perf.labelled_rows
         run.degraded = perf.degraded
         run.mae, run.rmse, run.test_mae, run.test_rmse = perf.mae, perf.rmse, perf.test_mae, perf.test_rmse
-        run.performance_json = json.dumps({**perf.figures(), "reason": perf.reason})
+        run.baseline_mae, run.baseline_set = perf.baseline_mae, perf.baseline_set
+        run.performance_json = json.dumps(
+            {**perf.figures(), "baseline_set": perf.baseline_set, "reason": perf.reason}
+        )
 
     def _decide(
         self, run: Run, drift: DriftResult, perf: PerformanceResult, state: guards.GuardState
@@ -274,6 +308,22 @@ class Monitor:
         s = self.settings
         if not drift.verdict and not perf.degraded:
             return guards.Decision(guards.NO_VERDICT, drift.reason)
+        if (
+            drift.dataset_drift
+            and not perf.degraded
+            and settled(perf)
+            and run.reference_set != RECENT_LABELLED
+        ):
+            # the serving model was promoted on recent labelled traffic and the window's labels show it
+            # performs as it did there: the drift (against the base reference) is the shift it was
+            # trained for, not a reason to retrain again
+            return guards.Decision(
+                guards.NONE,
+                f"dataset drift ({len(drift.drifted_columns)}/{len(drift.columns)} columns: "
+                f"{', '.join(drift.drifted_columns)}), but the model was validated on recent labelled "
+                f"traffic and still performs as there ({perf.reason}): settled, no retrain",
+                story.SETTLED,
+            )
         why = []
         if drift.dataset_drift:
             why.append(
@@ -283,7 +333,7 @@ class Monitor:
             )
         if perf.degraded:
             why.append(f"performance degraded: {perf.reason}")
-        job_state = self._job_state(state) if why else None
+        job_state, promoted = self._last_job(state) if why else (None, None)
         return guards.decide(
             guards.GuardInput(
                 now=self.clock(),
@@ -297,20 +347,25 @@ class Monitor:
                 cooldown_seconds=s.retrain_cooldown_seconds,
                 job_state=job_state,
                 failure_backoff_seconds=s.retrain_failure_backoff_seconds,
+                model_version=run.model_version,
+                promoted_version=promoted,
             ),
             state,
         )
 
-    def _job_state(self, state: guards.GuardState) -> str | None:
+    def _last_job(self, state: guards.GuardState) -> tuple[str | None, int | None]:
+        """State of the last retrain job, and the version it promoted (None: none, or not promoted)."""
         if not state.last_job_id:
-            return None
+            return None, None
         try:
-            return self.trainer.job(state.last_job_id).state
+            job = self.trainer.job(state.last_job_id)
         except GradeflowError as exc:
             if getattr(exc, "http_status", None) == 404 or exc.status_code == 404:
-                return None  # the trainer forgot the job (restart): not in flight
+                return None, None  # the trainer forgot the job (restart): not in flight
             logger.warning("cannot poll retrain job %s: %s", state.last_job_id, exc.message)
-            return "unknown"
+            return "unknown", None
+        promoted = job.result.version if job.result is not None and job.result.decision.promoted else None
+        return job.state, promoted
 
     def _trigger(self, run: Run, decision: guards.Decision) -> guards.Decision:
         req = RetrainRequest(
@@ -331,22 +386,34 @@ class Monitor:
 
     # ------------------------------------------------------------------ report files
     def _write_files(
-        self, run: Run, drift: DriftResult, perf: PerformanceResult, html_out: Path | None
+        self,
+        run: Run,
+        drift: DriftResult,
+        perf: PerformanceResult,
+        html_out: Path | None,
+        manifest: Manifest | None = None,
+        last_job_id: str | None = None,
     ) -> None:
         reports = self.settings.reports_dir()
-        html = reports / f"run-{run.id:06d}.html" if drift.snapshot is not None else None
+        html = reports / f"run-{run.id:06d}.html"
         js = reports / f"run-{run.id:06d}.json"
+        told = story.story(
+            run,
+            model_run_id=manifest.run_id if manifest else None,
+            job_id=last_job_id if run.action == guards.SKIPPED else None,
+            trainer_url=self.settings.trainer_public_url or self.settings.trainer_url,
+            performance=perf.as_dict(),
+        )
         extra = {
-            "run_id": run.id,
-            "model_version": run.model_version,
+            **told,
             "window_first_id": run.window_first_id,
             "window_last_id": run.window_last_id,
             "policy": json.loads(run.policy_json),
         }
-        write_report(drift, perf, extra, html, js)
-        run.report_html = str(html) if html else None
+        wrote = write_report(drift, perf, extra, html, js, header=story.header_html(told))
+        run.report_html = str(html) if wrote else None
         run.report_json = str(js)
-        if html_out is not None and html is not None:
+        if html_out is not None and drift.snapshot is not None and wrote:
             html_out.write_bytes(html.read_bytes())
 
     def _prune_reports(self) -> None:
@@ -378,6 +445,22 @@ class Monitor:
             else (f"/reports/{run.id}.json" if run.report_json else None),
             retrain_job_id=run.retrain_job_id,
         )
+
+
+def settled(perf: PerformanceResult) -> bool:
+    """The serving model's baseline comes from recent labelled traffic and the window's labelled rows
+    give a verdict within it: feature drift against the (base) reference alone does not retrain."""
+    return perf.baseline_set == RECENT_LABELLED and perf.has_verdict and not perf.degraded
+
+
+def _time_range(window: pd.DataFrame) -> tuple[datetime | None, datetime | None]:
+    """The first and last prediction timestamps of the window (None without a ``ts`` column)."""
+    if "ts" not in window or not len(window):
+        return None, None
+    ts = pd.to_datetime(window["ts"], utc=True, errors="coerce").dropna()
+    if not len(ts):
+        return None, None
+    return ts.min().to_pydatetime(), ts.max().to_pydatetime()
 
 
 def _new_labelled(window: pd.DataFrame, since: datetime | None) -> int:

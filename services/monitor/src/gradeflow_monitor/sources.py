@@ -45,6 +45,7 @@ class ServingModel:
     export_dir: Path
     manifest: Manifest
     reference: pd.DataFrame
+    recent_reference: pd.DataFrame | None = None  # the recent labelled rows the promotion was decided on
 
 
 def load_serving_model(model_dir: Path) -> ServingModel:
@@ -56,12 +57,20 @@ def load_serving_model(model_dir: Path) -> ServingModel:
     ref_path = export_dir / REFERENCE_FILE
     if not ref_path.is_file():
         raise ExportError(f"export {export_dir.name} has no {REFERENCE_FILE}")
-    return ServingModel(export_dir, manifest, reference_frame(export_dir, manifest))
+    recent = None
+    if "reference_recent" in manifest.files:
+        try:
+            recent = reference_frame(export_dir, manifest, key="reference_recent")
+        except ExportError as exc:
+            logger.warning(
+                "export %s: recent reference unusable (%s): the base one is used", export_dir.name, exc
+            )
+    return ServingModel(export_dir, manifest, reference_frame(export_dir, manifest), recent)
 
 
-def reference_frame(export_dir: Path, manifest: Manifest) -> pd.DataFrame:
+def reference_frame(export_dir: Path, manifest: Manifest, key: str = "reference") -> pd.DataFrame:
     """An export's reference sample as a frame (features typed per the manifest, plus the target)."""
-    records = read_reference_records(export_dir, manifest)
+    records = read_reference_records(export_dir, manifest, key=key)
     columns = [*manifest.feature_names, manifest.target]
     return pd.DataFrame.from_records(records, columns=columns).fillna(value=np.nan)
 

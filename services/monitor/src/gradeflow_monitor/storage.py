@@ -35,8 +35,14 @@ class Run(Base):
     model_version: Mapped[int | None]
     window_first_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     window_last_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # prediction timestamps of the window's oldest and newest row (the time range a person reads)
+    window_first_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    window_last_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     rows: Mapped[int] = mapped_column(default=0)
     reference_rows: Mapped[int] = mapped_column(default=0)
+    # what the window was compared with: 'recent_labelled' (the rows the serving model was promoted on)
+    # or 'training' (the export's sample of its training data)
+    reference_set: Mapped[str | None] = mapped_column(sa.String(32))
     labelled_rows: Mapped[int] = mapped_column(default=0)
     new_labelled_rows: Mapped[int] = mapped_column(default=0)
     drift_share: Mapped[float | None]
@@ -47,6 +53,8 @@ class Run(Base):
     rmse: Mapped[float | None]
     test_mae: Mapped[float | None]
     test_rmse: Mapped[float | None]
+    baseline_mae: Mapped[float | None]  # what the window MAE was judged against
+    baseline_set: Mapped[str | None] = mapped_column(sa.String(64))  # recent_labelled | base_holdout
     performance_json: Mapped[str] = mapped_column(sa.Text, default="{}")
     policy_json: Mapped[str] = mapped_column(sa.Text, default="{}")
     verdict_reason: Mapped[str] = mapped_column(sa.Text, default="")
@@ -97,6 +105,7 @@ class Store:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine = sa.create_engine(url, **kwargs)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -172,6 +181,24 @@ class Store:
     def clear_html(self, run_id: int) -> None:
         with self.session() as s:
             s.execute(sa.update(Run).where(Run.id == run_id).values(report_html=None))
+
+
+def add_missing_columns(engine: sa.Engine) -> list[str]:
+    """Add the nullable columns a history written by an older monitor lacks (``create_all`` creates
+    missing tables only). Every column added since the first release is nullable, so an old run
+    simply has no value there. Returns ``table.column`` of what was added."""
+    added: list[str] = []
+    inspector = sa.inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have or not col.nullable or col.primary_key:
+                continue
+            kind = col.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+            added.append(f"{table.name}.{col.name}")
+    return added
 
 
 def _aware(dt: datetime | None) -> datetime | None:

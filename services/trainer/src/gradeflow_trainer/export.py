@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,15 @@ def export_model(
     target_max: float | None = None,
     model_uri: str = "",
     swap_current: bool = True,
+    performance_baseline: mf.PerformanceBaseline | None = None,
+    recent_reference: pd.DataFrame | None = None,
 ) -> Path:
     """Compile, verify and atomically publish an export; returns the new version directory.
+
+    ``performance_baseline`` is what the monitor judges the model against; None: derived from
+    ``metrics`` (the recent labelled holdout's error when measured, else the base test error).
+    ``recent_reference``: the recent labelled rows (features + target) that baseline was measured on,
+    written as ``reference_recent.csv`` (the monitor's drift reference while that baseline holds).
 
     ``swap_current=False`` stages it under ``versions/`` only (the promotion transaction swaps
     ``current`` after the registry's alias moved). Raises ExportError (and leaves ``current``
@@ -88,6 +96,8 @@ def export_model(
         onnx_max_abs_diff=diff,
         libraries=mf.library_versions(*LIBRARIES),
         reason=reason,
+        performance_baseline=performance_baseline
+        or mf.performance_baseline(metrics, measured_at=datetime.now(UTC)),
     )
 
     def write_files(staging: Path) -> None:
@@ -96,6 +106,10 @@ def export_model(
             hook("model-written")
         (staging / mf.ONNX_FILE).write_bytes(onnx_bytes)
         ref.to_csv(staging / mf.REFERENCE_FILE, index=False)
+        if recent_reference is not None and len(recent_reference):
+            recent = prepare_frame(recent_reference, columns)
+            recent[target] = recent_reference[target].to_numpy()
+            recent.to_csv(staging / mf.RECENT_REFERENCE_FILE, index=False)
 
     final = mf.publish(model_dir, manifest, write_files, keep=keep, hook=hook, swap_current=swap_current)
     logger.info("exported %s v%d to %s (onnx max diff %.2e)", model_name, version, final, diff)

@@ -522,6 +522,17 @@ def _decision_tags(decision: GateDecision, data: TrainingData, request: RetrainR
     }
 
 
+def baseline_of(decision: GateDecision, cand: Candidate, data: TrainingData) -> mf.PerformanceBaseline | None:
+    """The monitor's baseline for a promoted candidate: its error on the set the gate decided on (the
+    recent labelled holdout when it was evaluated), with that set's size and the time."""
+    deciding = decision.evaluated_on[-1] if decision.evaluated_on else None
+    if deciding == gate.RECENT and data.X_recent is not None:
+        rows: int | None = len(data.X_recent)
+    else:
+        deciding, rows = gate.BASE, len(data.X_test)
+    return mf.performance_baseline(cand.metrics, deciding, rows=rows, measured_at=datetime.now(UTC))
+
+
 def decide_and_publish(
     settings: TrainerSettings,
     registry: Registry,
@@ -555,6 +566,16 @@ def decide_and_publish(
                 reason=decision.reason,
             )
 
+            baseline = baseline_of(decision, cand, data)
+            recent_ref = (
+                _with_target(data.X_recent, data.y_recent, data.spec.target)
+                if baseline is not None
+                and baseline.evaluation_set == gate.RECENT
+                and data.X_recent is not None
+                and data.y_recent is not None
+                else None
+            )
+
             def stage() -> Path:
                 return export_model(
                     settings.models_path,
@@ -576,6 +597,8 @@ def decide_and_publish(
                     target_max=data.spec.target_max,
                     model_uri=registered.model_uri,
                     swap_current=False,
+                    performance_baseline=baseline,
+                    recent_reference=recent_ref,
                 )
 
             try:
