@@ -31,6 +31,7 @@ import httpx
 
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit.exports import republish
 from gradeflow_testkit.loop import to_records
 from gradeflow_testkit.servers import free_port
 
@@ -93,19 +94,6 @@ def load_worker(dataset: str, stop: Any) -> None:
         fit(X, y, columns, search=False, candidates=[(family, params)])
 
 
-def stage(model_dir: Path, src: Path, version: int) -> Path:
-    """Publish a copy of ``src`` as ``version`` under versions/ without swapping ``current``."""
-    import shutil
-
-    m = mf.read_manifest(src).model_copy(update={"version": version, "reason": "bench", "files": {}})
-
-    def write_files(staging: Path) -> None:
-        for name in (mf.MODEL_FILE, mf.ONNX_FILE, mf.REFERENCE_FILE):
-            shutil.copyfile(src / name, staging / name)
-
-    return mf.publish(model_dir, m, write_files, keep=50, swap_current=False)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="uci-por")
@@ -118,7 +106,7 @@ def main() -> int:
     srcs, records, desc = prepare(work, args.dataset)
     model_dir = work / "models"
     model_dir.mkdir()
-    mf.point_current(model_dir, stage(model_dir, srcs[0], 1), version=1)
+    mf.point_current(model_dir, republish(model_dir, srcs[0], 1, "bench", swap_current=False), version=1)
     port = free_port()
     svc = ServiceProcess(
         name="inference",
@@ -158,7 +146,7 @@ def main() -> int:
         )
         for i in range(args.swaps):
             version = i + 2
-            export = stage(model_dir, srcs[(version - 1) % 2], version)
+            export = republish(model_dir, srcs[(version - 1) % 2], version, "bench", swap_current=False)
             t0 = time.monotonic()
             mf.point_current(model_dir, export, version=version)
             t_model = t_pred = None

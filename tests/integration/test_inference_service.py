@@ -8,7 +8,6 @@ LOG_DURABLE_ACK every answered prediction is in the log, without it the loss is 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -179,17 +178,6 @@ def test_hot_reload_under_load(
     assert "refused export" in svc.tail(400)
 
 
-def _stage(model_dir: Path, src: Path, version: int) -> Path:
-    """A copy of the export ``src`` as ``version`` under versions/, ``current`` not moved yet."""
-    m = mf.read_manifest(src).model_copy(update={"version": version, "reason": "test", "files": {}})
-
-    def write_files(staging: Path) -> None:
-        for name in (mf.MODEL_FILE, mf.ONNX_FILE, mf.REFERENCE_FILE):
-            shutil.copyfile(src / name, staging / name)
-
-    return mf.publish(model_dir, m, write_files, keep=50, swap_current=False)
-
-
 def test_swap_to_serving_is_bounded_with_cpu_load_and_model_shows_where_the_time_went(
     tmp_path: Path, fitted: Any, start_service: Callable[..., ServiceProcess]
 ) -> None:
@@ -209,7 +197,9 @@ def test_swap_to_serving_is_bounded_with_cpu_load_and_model_shows_where_the_time
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             for version in (2, 3, 4):
-                export = _stage(d, fitted.exports["ridge" if version % 2 == 0 else "rf"], version)
+                export = exports.republish(
+                    d, fitted.exports["ridge" if version % 2 == 0 else "rf"], version, swap_current=False
+                )
                 t0 = time.monotonic()
                 mf.point_current(d, export, version=version)
                 while time.monotonic() - t0 < 30:

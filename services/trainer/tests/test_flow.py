@@ -13,7 +13,7 @@ import pytest
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import PromotionEvent, RetrainRequest, TrainResult
 from gradeflow_shared.errors import Conflict, DatasetError, NotFound
-from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
+from gradeflow_shared.synth import COLUMNS, TARGET, generate
 from gradeflow_trainer import history as hist
 from gradeflow_trainer import pipeline as P
 from gradeflow_trainer import promotion, service
@@ -21,23 +21,15 @@ from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.labelled import LabelledRows
 from gradeflow_trainer.registry import InMemoryRegistry
 
+from .conftest import unit_settings
+
 GOOD = ("gbr", {"n_estimators": 60, "learning_rate": 0.1, "max_depth": 3})
 POOR = ("ridge", {"alpha": 1e7})  # predicts about the mean: far worse than GOOD on the same holdout
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> TrainerSettings:
-    spec = tmp_path / "synthetic.json"
-    spec.write_text(synthetic_spec(rows=1200, seed=0).model_dump_json())
-    return TrainerSettings(
-        data_dir=tmp_path / "data",
-        admin_token="unit-test-token-0123456789",
-        train_on_start=False,
-        inference_url="",
-        mlflow_tracking_uri="http://127.0.0.1:9",  # never called: the registry is in memory
-        dataset=str(spec),
-        train_search=False,
-    )
+    return unit_settings(tmp_path, rows=1200)
 
 
 def train(

@@ -15,7 +15,6 @@ import pytest
 
 from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import Job, RetrainRequest, TrainResult
-from gradeflow_shared.synth import synthetic_spec
 from gradeflow_trainer import history as hist
 from gradeflow_trainer import pipeline as P
 from gradeflow_trainer import promotion as pr
@@ -23,6 +22,8 @@ from gradeflow_trainer import service
 from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.jobs import JobRunner
 from gradeflow_trainer.registry import JOB_TAG, InMemoryRegistry
+
+from .conftest import unit_settings
 
 GOOD = ("gbr", {"n_estimators": 40, "learning_rate": 0.1, "max_depth": 3})
 PUBLISH_STEPS = ("intent", "staged", "alias", "event", "current", "marker")
@@ -35,24 +36,15 @@ class Crash(Exception):
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainerSettings:
-    spec = tmp_path / "synthetic.json"
-    spec.write_text(synthetic_spec(rows=600, seed=0).model_dump_json())
 
     def crash() -> None:
         raise Crash()
 
     monkeypatch.setattr(pr, "die", crash)
     monkeypatch.setattr(service, "fit", functools.partial(P.fit, candidates=[GOOD]))
-    return TrainerSettings(
-        data_dir=tmp_path / "data",
-        admin_token="unit-test-token-0123456789",
-        train_on_start=False,
-        inference_url="",
-        mlflow_tracking_uri="http://127.0.0.1:9",
-        dataset=str(spec),
-        train_search=False,
-        promotion_min_improvement=0.0,  # an equal retrain is promoted: every retrain reaches the publish
-    )
+    return unit_settings(
+        tmp_path, rows=600, promotion_min_improvement=0.0
+    )  # an equal retrain is promoted: every retrain reaches the publish
 
 
 def train(settings: TrainerSettings, reg: InMemoryRegistry) -> TrainResult:

@@ -63,15 +63,18 @@ def fit_and_export(root: Path, rows: int = 400) -> Fitted:
     return Fitted(seed_dir=seed_dir, exports=exports, records=records)
 
 
-def republish(model_dir: Path, src: Path, version: int, reason: str = "test") -> Path:
-    """Publish a copy of the export ``src`` as ``version`` into ``model_dir`` (real, atomic publish)."""
+def republish(
+    model_dir: Path, src: Path, version: int, reason: str = "test", swap_current: bool = True
+) -> Path:
+    """Publish a copy of the export ``src`` as ``version`` into ``model_dir`` (real, atomic publish);
+    ``swap_current=False`` stages it under versions/ with ``current`` not moved yet."""
     m = mf.read_manifest(src).model_copy(update={"version": version, "reason": reason, "files": {}})
 
     def write_files(staging: Path) -> None:
         for name in (mf.MODEL_FILE, mf.ONNX_FILE, mf.REFERENCE_FILE):
             shutil.copyfile(src / name, staging / name)
 
-    return mf.publish(Path(model_dir), m, write_files, keep=50)
+    return mf.publish(Path(model_dir), m, write_files, keep=50, swap_current=swap_current)
 
 
 def publish_corrupt(model_dir: Path, src: Path, version: int, how: str = "sha") -> Path:
