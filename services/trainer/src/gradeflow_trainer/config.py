@@ -114,6 +114,19 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         "production rows weigh as much as the base training rows (at most 10).",
     )
 
+    train_mix: bool = Field(
+        default=True,
+        description="Choose the training mix (production weight 1/3/10/balanced, production rows only, or "
+        "boosting on the base model's residual) by validation on time-ordered folds of the older labelled "
+        "production rows (TRAIN_MIX); false uses the fixed PRODUCTION_WEIGHT rule.",
+    )
+    mix_min_rows: int = Field(
+        default=30,
+        ge=4,
+        description="Fewest labelled production training rows (after the gate's holdout) for choosing the "
+        "training mix by validation (MIX_MIN_ROWS); below it the fixed PRODUCTION_WEIGHT rule is used.",
+    )
+
     def effective_production_weight(self, base_rows: int, production_rows: int) -> int:
         """PRODUCTION_WEIGHT, or the automatic weight when it is 0."""
         if self.production_weight:
