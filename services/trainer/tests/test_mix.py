@@ -12,9 +12,8 @@ import pytest
 from gradeflow_shared.contracts import RetrainRequest
 from gradeflow_shared.datasets import ColumnSpec
 from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
-from gradeflow_trainer import mix
+from gradeflow_trainer import mix, service
 from gradeflow_trainer import pipeline as P
-from gradeflow_trainer import service
 from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.labelled import LabelledRows
 from gradeflow_trainer.registry import InMemoryRegistry
@@ -37,7 +36,13 @@ def frame(n: int, seed: int, shift: float = 0.0) -> tuple[pd.DataFrame, pd.Serie
             "c": rng.choice(["a", "b", "c"], n).astype(object),
         }
     )
-    y = 3 * (X["x1"] > 0) + 2 * (X["x2"] > 0.5) + (X["c"] == "a") + rng.normal(0, 0.5, n) + shift * (X["x2"] > 0)
+    y = (
+        3 * (X["x1"] > 0)
+        + 2 * (X["x2"] > 0.5)
+        + (X["c"] == "a")
+        + rng.normal(0, 0.5, n)
+        + shift * (X["x2"] > 0)
+    )
     return X, pd.Series(y.to_numpy(), name="y")
 
 
@@ -51,9 +56,23 @@ def test_time_folds_are_expanding_and_validate_only_newer_rows() -> None:
 
 def test_candidates_start_with_the_default_and_do_not_repeat_a_weight() -> None:
     names = [m.name for m in mix.candidates(400, 40, default_weight=10)]
-    assert names == ["weight_1", "weight_3", "weight_10", "production_only", "residual_boost"]  # balanced = 10
+    assert names == [
+        "weight_1",
+        "weight_3",
+        "weight_10",
+        "production_only",
+        "residual_boost",
+    ]  # balanced = 10
     names = [m.name for m in mix.candidates(400, 70, default_weight=6)]
-    assert names == ["weight_1", "weight_3", "weight_10", "balanced", "auto", "production_only", "residual_boost"]
+    assert names == [
+        "weight_1",
+        "weight_3",
+        "weight_10",
+        "balanced",
+        "auto",
+        "production_only",
+        "residual_boost",
+    ]
     assert {m.name: m.weight for m in mix.candidates(400, 70, 6)}["balanced"] == pytest.approx(400 / 70)
 
 
@@ -169,7 +188,9 @@ def test_production_only_trains_on_production_rows_but_keeps_the_whole_reference
     spec, X, y, columns = service.load_base(settings)
     forced = mix.MixChoice(
         mix=mix.Mix("production_only", "production_only"),
-        report=mix.fixed(1, "test").report.model_copy(update={"chosen": "production_only", "kind": "production_only"}),
+        report=mix.fixed(1, "test").report.model_copy(
+            update={"chosen": "production_only", "kind": "production_only"}
+        ),
     )
     monkeypatch.setattr(mix, "choose", lambda *a, **k: forced)
     data = service.training_data(settings, spec, columns, X, y, labelled(300))

@@ -148,9 +148,7 @@ def residual_boost(
     return pipe
 
 
-def residual_base(
-    Xb: pd.DataFrame, yb: pd.Series, columns: Sequence[ColumnSpec], seed: int = 0
-) -> Pipeline:
+def residual_base(Xb: pd.DataFrame, yb: pd.Series, columns: Sequence[ColumnSpec], seed: int = 0) -> Pipeline:
     pipe = build_pipeline(columns, "gbr", RESIDUAL_BASE, seed)
     pipe.fit(prepare_frame(Xb, columns), np.asarray(yb, dtype=float))
     return pipe
@@ -264,7 +262,8 @@ def choose(
         reason=reason,
         selected=True,
         candidates=[
-            MixScore(name=n, val_mae=scores[n][0], val_rmse=scores[n][1], validation_rows=n_val) for n in names
+            MixScore(name=n, val_mae=scores[n][0], val_rmse=scores[n][1], validation_rows=n_val)
+            for n in names
         ],
     )
     logger.info(
