@@ -225,6 +225,11 @@ def main() -> None:
         "",
         *summary,
         "",
+        "Mixes: `weight_1` = base + production rows counting the same (the default a challenger must clearly "
+        "beat), `auto_weight` = no selection (fewer training production rows than MIX_MIN_ROWS): the fixed "
+        "PRODUCTION_WEIGHT rule (balanced, at most 10), `base only` = fewer labelled rows than "
+        "PRODUCTION_MIN_ROWS. All candidates: `services/trainer/src/gradeflow_trainer/mix.py`.",
+        "",
         "## Per seed",
         "",
         *per_seed(outcomes),
