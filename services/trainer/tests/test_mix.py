@@ -55,7 +55,7 @@ def test_time_folds_are_expanding_and_validate_only_newer_rows() -> None:
 
 
 def test_candidates_start_with_the_default_and_do_not_repeat_a_weight() -> None:
-    names = [m.name for m in mix.candidates(400, 40, default_weight=10)]
+    names = [m.name for m in mix.candidates(400, 40)]
     assert names == [
         "weight_1",
         "weight_3",
@@ -63,17 +63,17 @@ def test_candidates_start_with_the_default_and_do_not_repeat_a_weight() -> None:
         "production_only",
         "residual_boost",
     ]  # balanced = 10
-    names = [m.name for m in mix.candidates(400, 70, default_weight=6)]
+    names = [m.name for m in mix.candidates(400, 70, extra_weight=6)]  # an explicit PRODUCTION_WEIGHT
     assert names == [
         "weight_1",
         "weight_3",
         "weight_10",
         "balanced",
-        "auto",
+        "weight_6",
         "production_only",
         "residual_boost",
     ]
-    assert {m.name: m.weight for m in mix.candidates(400, 70, 6)}["balanced"] == pytest.approx(400 / 70)
+    assert {m.name: m.weight for m in mix.candidates(400, 70)}["balanced"] == pytest.approx(400 / 70)
 
 
 def synth(n: int, seed: int, scenario: str | None = None) -> tuple[pd.DataFrame, pd.Series]:
@@ -84,7 +84,7 @@ def synth(n: int, seed: int, scenario: str | None = None) -> tuple[pd.DataFrame,
 def test_a_shifted_population_makes_production_count_heavily() -> None:
     Xb, yb = synth(500, seed=0)
     Xp, yp = synth(150, seed=11, scenario="concept_study_hours")  # study hours stop paying off
-    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS, default_weight=1)
+    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS)
     s = {c.name: c for c in choice.report.candidates}
     assert choice.mix.name in {"weight_10", "balanced", "production_only", "residual_boost"}, choice.report
     assert s[choice.mix.name].val_mae < 0.8 * s["weight_1"].val_mae
@@ -96,7 +96,7 @@ def test_a_shifted_population_makes_production_count_heavily() -> None:
 def test_no_shift_keeps_the_default_light_weight() -> None:
     Xb, yb = synth(500, seed=0)
     Xp, yp = synth(150, seed=11)  # the same population
-    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS, default_weight=1)
+    choice = mix.choose(Xb, yb, Xp, yp, COLUMNS)
     assert choice.mix.name == "weight_1" and "default kept" in choice.report.reason, choice.report
     s = {c.name: c.val_mae for c in choice.report.candidates}
     assert s["production_only"] > s["weight_1"]  # 150 rows alone are worse than 500 + 150 of the same kind

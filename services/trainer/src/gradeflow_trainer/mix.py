@@ -51,7 +51,7 @@ from .pipeline import FitResult, build_pipeline, prepare_frame
 logger = logging.getLogger(__name__)
 
 EVAL_TREES = 40  # trees of the fast evaluation forest
-EVAL_BASE_ROWS = 1500  # base rows used by the fast evaluation (subsampled above this)
+EVAL_BASE_ROWS = 1000  # base rows used by the fast evaluation (subsampled above this)
 # the default mix (weight_1) stays unless another beats its validation MAE by more than 1 % AND by more
 # than SELECT_Z standard errors of the paired per-row differences (a few dozen rows are noisy)
 SELECT_TOLERANCE = 0.01
@@ -84,10 +84,10 @@ class MixChoice:
     scores: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (val MAE, val RMSE)
 
 
-def candidates(n_base: int, n_prod: int, default_weight: float) -> list[Mix]:
+def candidates(n_base: int, n_prod: int, extra_weight: float | None = None) -> list[Mix]:
     """The candidate mixes for ``n_base`` base and ``n_prod`` production training rows. The first,
-    ``weight_1`` (every row counts the same), is the default a challenger must clearly beat; the
-    fixed weight of earlier versions is there too (``auto`` unless a listed weight equals it)."""
+    ``weight_1`` (every row counts the same), is the default a challenger must clearly beat.
+    ``extra_weight`` (an explicit PRODUCTION_WEIGHT) is added when it is not listed already."""
     out: list[Mix] = []
     seen: set[float] = set()
 
@@ -102,7 +102,8 @@ def candidates(n_base: int, n_prod: int, default_weight: float) -> list[Mix]:
     for w in WEIGHTS:
         add(Mix(f"weight_{w:g}", "weighted", w))
     add(Mix("balanced", "weighted", n_base / max(1, n_prod)))
-    add(Mix("auto", "weighted", float(default_weight)))
+    if extra_weight:
+        add(Mix(f"weight_{extra_weight:g}", "weighted", float(extra_weight)))
     add(Mix("production_only", "production_only"))
     add(Mix("residual_boost", "residual"))
     return out
@@ -182,14 +183,14 @@ def choose(
     Xp: pd.DataFrame,
     yp: pd.Series,
     columns: Sequence[ColumnSpec],
-    default_weight: float,
+    extra_weight: float | None = None,
     seed: int = 0,
     folds: int = 3,
 ) -> MixChoice:
     """Score every candidate on time-ordered folds of the production rows (oldest first) and pick one."""
     t0 = time.monotonic()
     n_base, n_prod = len(Xb), len(Xp)
-    cands = candidates(n_base, n_prod, default_weight)
+    cands = candidates(n_base, n_prod, extra_weight)
     Xp = prepare_frame(Xp, columns).reset_index(drop=True)
     yp = pd.Series(np.asarray(yp, dtype=float))
     # the fast evaluation: base rows subsampled, production weights scaled to keep the same balance

@@ -236,7 +236,9 @@ def training_data(
             w, f"only {len(Xp_tr)} labelled production training rows (< MIX_MIN_ROWS={settings.mix_min_rows})"
         )
     else:
-        choice = mixing.choose(Xb_tr, yb_tr, Xp_tr, yp_tr, columns, default_weight=w, seed=settings.seed)
+        choice = mixing.choose(
+            Xb_tr, yb_tr, Xp_tr, yp_tr, columns, extra_weight=settings.production_weight, seed=settings.seed
+        )
     # production rows weigh w each (sample weights, not copies: copies would leak across CV folds)
     X_all = pd.concat([Xb_tr, Xp_tr], ignore_index=True)
     y_all = pd.concat([yb_tr, yp_tr], ignore_index=True)
