@@ -196,3 +196,50 @@ def test_production_only_trains_on_production_rows_but_keeps_the_whole_reference
     data = service.training_data(settings, spec, columns, X, y, labelled(300))
     assert len(data.X_train) == 210 and data.weights is None
     assert len(data.X_ref) == len(X) - data.rows["test"] + 210  # every training row once
+
+
+def test_the_job_shows_the_mix(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from gradeflow_shared.contracts import GateDecision, MixScore, TrainingMix, TrainResult
+    from gradeflow_trainer.app import create_app
+
+    token = "s3cret-token-of-the-mix-tests"
+    chosen = TrainingMix(
+        chosen="production_only",
+        kind="production_only",
+        reason="production_only chosen on 3 time-ordered folds",
+        selected=True,
+        candidates=[MixScore(name="production_only", val_mae=1.0, val_rmse=1.2, validation_rows=80)],
+    )
+
+    def train(request: RetrainRequest, progress: object) -> TrainResult:
+        return TrainResult(
+            run_id="r1",
+            version=2,
+            model_name="m",
+            metrics={"rmse": 1.0},
+            decision=GateDecision(promoted=True, reason="test"),
+            exported=True,
+            mix=chosen,
+        )
+
+    s = TrainerSettings(
+        data_dir=tmp_path,
+        admin_token=token,
+        train_on_start=False,
+        inference_url="",
+        mlflow_tracking_uri="http://127.0.0.1:9",
+    )
+    with TestClient(create_app(s, train_fn=train)) as c:
+        job = c.post("/retrain", json={}, headers={"Authorization": f"Bearer {token}"}).json()
+        c.app.state.runner.wait(job["id"], 60.0)  # type: ignore[attr-defined]
+        body = c.get(f"/jobs/{job['id']}").json()
+    assert body["state"] == "succeeded", body
+    assert body["result"]["mix"]["chosen"] == "production_only"
+    assert body["result"]["mix"]["candidates"][0] == {
+        "name": "production_only",
+        "val_mae": 1.0,
+        "val_rmse": 1.2,
+        "validation_rows": 80,
+    }
