@@ -8,6 +8,7 @@ candidates (``candidates``):
   that sample weight;
 * ``balanced``: production rows weighted so that they count as much as the base rows together
   (``n_base / n_production``, uncapped);
+* ``base_only``: the base rows alone (the production rows do not help);
 * ``production_only``: the production rows alone (the base data is no longer relevant);
 * ``residual_boost``: a gradient-boosted model of the base data, then more boosting stages fitted
   on the production rows only (a model of the base model's residual on production). It is one
@@ -104,6 +105,7 @@ def candidates(n_base: int, n_prod: int, extra_weight: float | None = None) -> l
     add(Mix("balanced", "weighted", n_base / max(1, n_prod)))
     if extra_weight:
         add(Mix(f"weight_{extra_weight:g}", "weighted", float(extra_weight)))
+    add(Mix("base_only", "base_only"))
     add(Mix("production_only", "production_only"))
     add(Mix("residual_boost", "residual"))
     return out
@@ -203,6 +205,7 @@ def choose(
     fold_list = time_folds(n_prod, folds)
     res_base = residual_base(Xbe, ybe, columns, seed)
     n_rows = n_base + n_prod  # the size the chosen mix is fitted on decides the default family
+    base_only: Pipeline | None = None
     names = [m.name for m in cands] + [BOOSTED_BASE]
     ys: dict[str, list[np.ndarray]] = {n: [] for n in names}
     ps: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -214,6 +217,13 @@ def choose(
                 pipe = residual_boost(Xbe, ybe, Xf, yf, columns, seed, base=res_base)
             elif m.kind == "production_only":
                 pipe = _fast_pipeline(columns, seed, n_rows).fit(Xf, yf)
+            elif m.kind == "base_only":  # the same for every fold
+                pipe = (
+                    base_only
+                    if base_only is not None
+                    else _fast_pipeline(columns, seed, n_rows).fit(Xbe, ybe)
+                )
+                base_only = pipe
             else:
                 X = pd.concat([Xbe, Xf], ignore_index=True)
                 y = pd.concat([ybe, yf], ignore_index=True)

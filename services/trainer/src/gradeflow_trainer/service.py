@@ -249,6 +249,8 @@ def training_data(
         weights = np.concatenate([np.ones(len(Xb_tr)), np.full(len(Xp_tr), float(choice.mix.weight))])
     elif kind == "production_only":
         X_train, y_train = Xp_tr, yp_tr
+    elif kind == "base_only":
+        X_train, y_train = Xb_tr, yb_tr
     rows.update(
         production_weight=int(round(choice.report.production_weight)),
         train=len(X_train),
