@@ -60,6 +60,7 @@ def test_candidates_start_with_the_default_and_do_not_repeat_a_weight() -> None:
         "weight_1",
         "weight_3",
         "weight_10",
+        "base_only",
         "production_only",
         "residual_boost",
     ]  # balanced = 10
@@ -70,6 +71,7 @@ def test_candidates_start_with_the_default_and_do_not_repeat_a_weight() -> None:
         "weight_10",
         "balanced",
         "weight_6",
+        "base_only",
         "production_only",
         "residual_boost",
     ]
