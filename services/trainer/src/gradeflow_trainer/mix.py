@@ -21,13 +21,17 @@ fits on the base rows + chunks ``0..i`` and predicts chunk ``i + 1`` (expanding 
 way the model is used: trained on the past, judged on what comes next). Validation predictions
 of all folds are pooled into one MAE and RMSE per candidate. It is cheap: a fast model (the
 default family of ``pipeline.search_space`` with ``EVAL_TREES`` trees, the base rows subsampled
-to ``EVAL_BASE_ROWS``, the production weights scaled to keep the balance); the chosen mix is then fitted with the normal ``fit``
-(search as configured) on all training rows.
+to ``EVAL_BASE_ROWS``, the production weights scaled to keep the balance); the chosen mix is then
+fitted with the normal ``fit`` (search as configured) on all training rows; ``residual_boost`` is
+fitted as validated (``fit_residual``). Each candidate is scored in the family it is fitted with,
+so ``residual_boost`` (boosted trees) competes only when its stages on production improve its own
+base model by more than ``RESIDUAL_MIN_GAIN``: else a family difference, not the mix, would decide.
 
 The default ``weight_1`` is kept unless another candidate beats its validation MAE by more than
 ``SELECT_TOLERANCE`` and by more than ``SELECT_Z`` standard errors of the paired per-row
-differences (a few dozen validation rows are noisy); among those that do, the lowest MAE wins. With fewer training production rows than ``MIX_MIN_ROWS`` (or ``TRAIN_MIX`` off) there
-is no selection: the fixed weight, as before, and the mix says so.
+differences (a few dozen validation rows are noisy); among those that do, the lowest MAE wins.
+With fewer training production rows than ``MIX_MIN_ROWS`` (or ``TRAIN_MIX`` off) there is no
+selection: the fixed PRODUCTION_WEIGHT rule, as before, and the mix says so.
 """
 
 from __future__ import annotations
