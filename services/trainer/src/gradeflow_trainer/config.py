@@ -117,7 +117,7 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
 
     train_mix: bool = Field(
         default=True,
-        description="Choose the training mix (production weight 1/3/10/balanced, production rows only, or "
+        description="Choose the training mix (production weight 1/3/10/balanced, base rows only, production rows only, or "
         "boosting on the base model's residual) by validation on time-ordered folds of the older labelled "
         "production rows (TRAIN_MIX); false uses the fixed PRODUCTION_WEIGHT rule.",
     )
