@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export COMPOSE_BAKE := false
 
 .PHONY: help install up start down train test test-unit test-integration lint format bench demo \
-        compose-up compose-down compose-test uci-benchmark drift-quality fuzz clean
+        compose-up compose-down compose-test uci-benchmark loop-benchmark drift-quality fuzz clean
 
 help: ## Show this help
 	@echo "GradeFlow - make targets:"
@@ -69,6 +69,9 @@ format: install ## Format the code with ruff
 
 uci-benchmark: install ## Our default pipeline vs a 300-tree random forest and naive on the UCI files
 	$(PY) scripts/uci_benchmark.py
+
+loop-benchmark: install ## Retrain on natural shifts of the UCI files (school, address) vs the old model and RF-300s -> results/loop_benchmark.md (LOOP_BENCHMARK_ARGS=--search)
+	$(PY) scripts/loop_benchmark.py $(LOOP_BENCHMARK_ARGS)
 
 compose-up: ## Build and start the platform as containers; returns once a model is served (needs ADMIN_TOKEN in .env)
 	docker compose up -d --build --wait --wait-timeout 900

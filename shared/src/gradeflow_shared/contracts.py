@@ -65,6 +65,26 @@ class GateDecision(BaseModel):
     errors: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
+class MixScore(BaseModel):
+    """One candidate training mix, scored on time-ordered validation folds of the training production rows."""
+
+    name: str
+    val_mae: float
+    val_rmse: float
+    validation_rows: int
+
+
+class TrainingMix(BaseModel):
+    """How the training rows were mixed (base data, labelled production rows) and why."""
+
+    chosen: str  # e.g. weight_3, balanced, production_only, residual_boost, auto_weight (fixed weight)
+    kind: Literal["base_only", "weighted", "production_only", "residual"]
+    production_weight: float = 0.0  # sample weight of a production row (weighted mixes)
+    reason: str
+    selected: bool = False  # False = no validation (too few rows, TRAIN_MIX off): the fixed weight
+    candidates: list[MixScore] = Field(default_factory=list)
+
+
 class TrainResult(BaseModel):
     run_id: str
     version: int
@@ -74,6 +94,7 @@ class TrainResult(BaseModel):
     exported: bool
     export_dir: str | None = None
     rows: dict[str, int] = Field(default_factory=dict)  # train / test / production rows
+    mix: TrainingMix | None = None  # the training mix chosen (None: no production rows used)
 
 
 class Job(BaseModel):

@@ -37,6 +37,7 @@ from gradeflow_shared import manifest as mf
 from gradeflow_shared.contracts import (
     GateDecision,
     RetrainRequest,
+    TrainingMix,
     TrainResult,
 )
 from gradeflow_shared.datasets import ColumnSpec, DatasetSpec, fingerprint, load_dataset, load_spec
@@ -45,6 +46,7 @@ from gradeflow_shared.http import ServiceClient
 
 from . import gate
 from . import history as hist
+from . import mix as mixing
 from . import promotion as pr
 from .config import TrainerSettings
 from .export import export_model, kept_export, load_export
@@ -159,6 +161,8 @@ class TrainingData:
     y_ref: pd.Series
     rows: dict[str, int]
     dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
+    mix: TrainingMix | None = None  # how base and production rows are mixed, and why (``mix``)
+    base_train_rows: int = 0  # residual mix: X_train holds this many base rows, then production rows
 
     def eval_sets(self) -> EvalSets:
         sets: EvalSets = {gate.BASE: (self.X_test, self.y_test)}
@@ -172,11 +176,24 @@ def assemble_data(
 ) -> TrainingData:
     """Base dataset + labelled production rows, split into training, holdouts and reference."""
     spec, X, y, columns = load_base(settings, dataset)
+    prod = pull_labelled(settings, spec, columns) if request.use_production_data else None
+    return training_data(settings, spec, columns, X, y, prod)
+
+
+def training_data(
+    settings: TrainerSettings,
+    spec: DatasetSpec,
+    columns: list[ColumnSpec],
+    X: pd.DataFrame,
+    y: pd.Series,
+    prod: LabelledRows | None,
+) -> TrainingData:
+    """``assemble_data`` after loading: split the base data, hold out the most recent production rows
+    for the gate, and mix the rest with the base rows as ``mix.choose`` decides (or the fixed weight)."""
     full = X.copy()
     full[spec.target] = y.to_numpy()
     Xb_tr, Xb_te, yb_tr, yb_te = split(X, y, test_size=settings.test_size, seed=settings.seed)
     rows = {"train": len(Xb_tr), "test": len(Xb_te), "base": len(X)}
-    prod = pull_labelled(settings, spec, columns) if request.use_production_data else None
     dropped = prod.dropped if prod is not None else {}
     if prod is not None:
         rows["production_dropped"] = prod.n_dropped
@@ -213,11 +230,30 @@ def assemble_data(
     Xp_tr, Xp_te = Xp.iloc[:-n_hold].reset_index(drop=True), Xp.iloc[-n_hold:].reset_index(drop=True)
     yp_tr, yp_te = yp.iloc[:-n_hold].reset_index(drop=True), yp.iloc[-n_hold:].reset_index(drop=True)
     w = settings.effective_production_weight(len(Xb_tr), len(Xp_tr))
+    if not settings.train_mix:
+        choice = mixing.fixed(w, "TRAIN_MIX is off")
+    elif len(Xp_tr) < settings.mix_min_rows:
+        choice = mixing.fixed(
+            w, f"only {len(Xp_tr)} labelled production training rows (< MIX_MIN_ROWS={settings.mix_min_rows})"
+        )
+    else:
+        choice = mixing.choose(
+            Xb_tr, yb_tr, Xp_tr, yp_tr, columns, extra_weight=settings.production_weight, seed=settings.seed
+        )
     # production rows weigh w each (sample weights, not copies: copies would leak across CV folds)
-    X_train = pd.concat([Xb_tr, Xp_tr], ignore_index=True)
-    y_train = pd.concat([yb_tr, yp_tr], ignore_index=True)
+    X_all = pd.concat([Xb_tr, Xp_tr], ignore_index=True)
+    y_all = pd.concat([yb_tr, yp_tr], ignore_index=True)
+    kind = choice.mix.kind
+    weights: np.ndarray | None = None
+    X_train, y_train = X_all, y_all
+    if kind == "weighted":
+        weights = np.concatenate([np.ones(len(Xb_tr)), np.full(len(Xp_tr), float(choice.mix.weight))])
+    elif kind == "production_only":
+        X_train, y_train = Xp_tr, yp_tr
+    elif kind == "base_only":
+        X_train, y_train = Xb_tr, yb_tr
     rows.update(
-        production_weight=w,
+        production_weight=int(round(choice.report.production_weight)),
         train=len(X_train),
         production=len(Xp),
         production_train=len(Xp_tr),
@@ -230,15 +266,17 @@ def assemble_data(
         base_rows=len(X),
         X_train=X_train,
         y_train=y_train,
-        weights=np.concatenate([np.ones(len(Xb_tr)), np.full(len(Xp_tr), float(w))]),
+        weights=weights,
         X_test=Xb_te,
         y_test=yb_te,
         X_recent=Xp_te,
         y_recent=yp_te,
-        X_ref=X_train,
-        y_ref=y_train,
+        X_ref=X_all,
+        y_ref=y_all,
         rows=rows,
         dropped=dropped,
+        mix=choice.report,
+        base_train_rows=len(Xb_tr),
     )
 
 
@@ -274,16 +312,21 @@ def _eval_sets(pipe: Any, sets: EvalSets) -> dict[str, float]:
 def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progress = no_progress) -> Candidate:
     """Fit (with the model search when TRAIN_SEARCH) and evaluate on every evaluation set."""
     report("fit", 0.1)
-    fitted = fit(
-        data.X_train,
-        data.y_train,
-        data.columns,
-        seed=settings.seed,
-        search=settings.train_search,
-        budget_seconds=settings.train_search_budget_seconds,
-        progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
-        sample_weight=data.weights,
-    )
+    if data.mix is not None and data.mix.kind == "residual":
+        fitted = mixing.fit_residual(
+            data.X_train, data.y_train, data.base_train_rows, data.columns, seed=settings.seed
+        )
+    else:
+        fitted = fit(
+            data.X_train,
+            data.y_train,
+            data.columns,
+            seed=settings.seed,
+            search=settings.train_search,
+            budget_seconds=settings.train_search_budget_seconds,
+            progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
+            sample_weight=data.weights,
+        )
     report("evaluate", 0.62)
     sets = data.eval_sets()
     challenger = _eval_sets(fitted.pipeline, sets)
@@ -338,6 +381,7 @@ def run_record(
 ) -> RunRecord:
     """The run of a candidate: tags, params, metrics, inputs, plots' data, artifacts, model."""
     spec, fitted = data.spec, cand.fitted
+    mix_params, mix_metrics, mix_tags = mixing.as_params(data.mix) if data.mix else ({}, {}, {})
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     inputs = [
         LoggedInput(
@@ -366,6 +410,7 @@ def run_record(
             "gradeflow.dataset_fingerprint": data.fingerprint,
             "gradeflow.monitor_run_id": request.monitor_run_id or "",
             **({JOB_TAG: job_id} if (job_id := current_job_id()) else {}),
+            **mix_tags,
         },
         params={
             "dataset": spec.name,
@@ -386,12 +431,14 @@ def run_record(
             "search_budget_stopped": fitted.budget_stopped,
             "family": fitted.family,
             **{f"model.{k}": v for k, v in fitted.params.items()},
+            **mix_params,
         },
         metrics={
             **cand.metrics,
             "fit_seconds": fitted.seconds,
             "search_seconds": fitted.search_seconds,
             "production_rows_dropped": float(sum(data.dropped.values())),
+            **mix_metrics,
         },
         cv_rmse=fitted.cv_rmse,
         inputs=inputs,
@@ -642,6 +689,8 @@ def train_once(
     data = assemble_data(settings, request, dataset)
     if "production_dropped" in data.rows:
         report(production_note(data), 0.05)
+    if data.mix is not None:
+        report(f"training mix: {data.mix.chosen}", 0.06)
     cand = fit_candidate(settings, data, report)
     report("log to MLflow", 0.68)
     registry = registry or mlflow_registry(settings)
@@ -658,6 +707,7 @@ def train_once(
         exported=published.export_dir is not None,
         export_dir=str(published.export_dir) if published.export_dir else None,
         rows=data.rows,
+        mix=data.mix,
     )
 
 
