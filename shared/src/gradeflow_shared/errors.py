@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every service (what ``install_error_handlers`` answers), for OpenAPI."""
+
+    error_code: str = Field(description="Machine-readable code, e.g. UNAUTHORIZED, NOT_FOUND, INVALID_INPUT.")
+    message: str = Field(description="What went wrong, naming the field when an input is refused.")
+    details: Any = Field(default=None, description="Structured details (e.g. one entry per invalid field).")
+
 
 class GradeflowError(Exception):
     """Base error: an error code, an HTTP status and a message for humans."""

@@ -10,17 +10,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from gradeflow_shared.contracts import FeedbackRequest
+from gradeflow_shared.errors import ErrorBody
 
 from .schema import example_record
-
-
-class ErrorBody(BaseModel):
-    """The platform's error body (gradeflow_shared.errors)."""
-
-    error_code: str
-    message: str
-    details: Any = None
-
 
 _ERRORS = {
     401: "Missing or wrong bearer token (WWW-Authenticate: Bearer)",

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from gradeflow_shared.contracts import DriftVerdict
-from gradeflow_shared.errors import Conflict, NotFound, install_error_handlers
+from gradeflow_shared.errors import Conflict, ErrorBody, NotFound, install_error_handlers
 from gradeflow_shared.webdocs import install_docs
 
 from .config import MonitorSettings, get_settings
@@ -36,14 +36,6 @@ def get_monitor(request: Request) -> Monitor:
 MonitorDep = Annotated[Monitor, Depends(get_monitor)]
 # run ids are SQL integers: anything outside 1 .. 2^63-1 is a 422, never a database overflow
 RunId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="Run id (GET /reports lists them).")]
-
-
-class ErrorBody(BaseModel):
-    """The one error body of every service (gradeflow_shared.errors)."""
-
-    error_code: str
-    message: str
-    details: Any = None
 
 
 class Accepted(BaseModel):

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from gradeflow_shared.contracts import Job, PromoteRequest, PromotionEvent, RetrainRequest, RollbackRequest
-from gradeflow_shared.errors import NotFound, Unauthorized
+from gradeflow_shared.errors import ErrorBody, NotFound, Unauthorized
 from gradeflow_shared.settings import bearer_matches
 
 from . import service
@@ -24,14 +24,7 @@ from .config import TrainerSettings
 from .jobs import JobRunner
 from .registry import Registry
 
-
 # ------------------------------------------------------------------ response models
-class ErrorBody(BaseModel):
-    """The platform's one error body (``gradeflow_shared.errors``)."""
-
-    error_code: str = Field(description="Machine-readable code, e.g. UNAUTHORIZED, NOT_FOUND, INVALID_INPUT.")
-    message: str = Field(description="What went wrong, naming the field when an input is refused.")
-    details: Any = Field(default=None, description="Structured details (e.g. one entry per invalid field).")
 
 
 class Health(BaseModel):
