@@ -159,7 +159,7 @@ class TrainingData:
     y_test: pd.Series
     X_recent: pd.DataFrame | None  # the most recent labelled production rows, held out for the gate
     y_recent: pd.Series | None
-    X_ref: pd.DataFrame  # reference sample of the export: every training row once
+    X_ref: pd.DataFrame  # reference sample of the export: every row the served model was trained on, once
     y_ref: pd.Series
     rows: dict[str, int]
     dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
