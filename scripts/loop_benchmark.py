@@ -12,7 +12,11 @@ dataset, the target population arrives in production. For each scenario and spli
    ``service.fit_candidate``, the service's default settings, TRAIN_SEARCH off unless ``--search``);
 3. "platform": the same stages with the labelled target rows as the labelled production rows,
    in arrival order (the most recent PRODUCTION_HOLDOUT share held out for the gate, the training
-   mix chosen by ``mix.choose``, then the normal fit): the retrained challenger;
+   mix chosen by ``mix.choose``, then the normal fit, evaluated on the holdouts, then refit with the
+   same mix, family and hyper-parameters on the training rows + the gate's recent holdout when
+   REFIT_ON_ALL_ROWS is on, the default): the retrained challenger as registered and served; the
+   gate (``service.champion_evidence`` + ``service.verdict``, the service's code) judges its
+   pre-refit fit against the old model on the recent holdout, as the service would;
 4. references a careful analyst would fit, given everything the platform was given: a 300-tree
    random forest on all source rows + all labelled target rows, and one on the labelled target
    rows only;
@@ -53,6 +57,7 @@ SCENARIOS: dict[str, tuple[str, str, str, str]] = {
     "uci-mat:address": ("uci-mat", "address", "U", "R"),
 }
 MODELS = ("old", "platform", "rf_base_labelled", "rf_labelled_only")
+GATE_SHORT = {True: "promote", False: "keep"}
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Outcome:
     mix: str
     rows: dict[str, int]
     seconds: float
+    gate: str  # "promote" / "keep (<method>)"
+    gate_reason: str
 
 
 def _rf300(X: pd.DataFrame, y: pd.Series, columns: list, seed: int = 0) -> object:  # type: ignore[type-arg]
@@ -92,15 +99,24 @@ def run(name: str, seed: int, settings: TrainerSettings, label_share: float) -> 
     new_data = service.training_data(settings, spec, columns, Xs, ys, prod)
     new = service.fit_candidate(settings, new_data)
     secs = time.monotonic() - t0
+    champ_metrics, paired = service.champion_evidence(new, new_data.eval_sets(), old.pipeline)
+    decision = service.verdict(settings, 2, new, 1, champ_metrics, paired)
+    gate_word = GATE_SHORT[decision.promoted] + (
+        f" (n={decision.rows}, needs {decision.labels_needed} more labels)"
+        if decision.labels_needed
+        else f" (n={decision.rows})"
+    )
     rf_both = _rf300(
         pd.concat([Xs, X_lab], ignore_index=True), pd.concat([ys, y_lab], ignore_index=True), columns
     )
     rf_lab = _rf300(X_lab, y_lab, columns)
-    # for context, not a goal: the platform trains on fewer rows (base holdout + gate holdout set aside)
+    # for context, not a goal: the rows of the platform's served model (its refit: base training rows + every
+    # labelled row; without the refit, its training rows); the base holdout is never trained on
     rf_same = _rf300(new_data.X_ref, new_data.y_ref, columns)
     mae = {
         "old": _mae(old.pipeline, X_out, y_out, columns),
         "platform": _mae(new.pipeline, X_out, y_out, columns),
+        "platform_no_refit": _mae(new.evaluated, X_out, y_out, columns),
         "rf_base_labelled": _mae(rf_both, X_out, y_out, columns),
         "rf_labelled_only": _mae(rf_lab, X_out, y_out, columns),
         "rf_platform_rows": _mae(rf_same, X_out, y_out, columns),
@@ -112,8 +128,9 @@ def run(name: str, seed: int, settings: TrainerSettings, label_share: float) -> 
         "held_out": len(X_out),
         "platform_production_train": new_data.rows.get("production_train", 0),
         "gate_holdout": new_data.rows.get("production_holdout", 0),
+        "refit": new_data.rows.get("refit", 0) if new.refit is not None else 0,
     }
-    return Outcome(name, seed, mae, mix, rows, secs)
+    return Outcome(name, seed, mae, mix, rows, secs, gate_word, decision.reason)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -126,8 +143,9 @@ def table(outcomes: list[Outcome], scenarios: list[str]) -> list[str]:
     lines = [
         "| scenario (source -> target) | rows: source / labelled / held out | old model | platform retrained "
         "| RF-300 base + labelled | RF-300 labelled only | best reference | goal met (platform <= best ref) "
-        "| mixes chosen | context: RF-300 on the platform's own training rows |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mixes chosen | gate vs old model (promotions / seeds) | context: platform before its refit "
+        "| context: RF-300 on the served model's rows (no base holdout) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in scenarios:
         rs = [o for o in outcomes if o.scenario == name]
@@ -145,6 +163,8 @@ def table(outcomes: list[Outcome], scenarios: list[str]) -> list[str]:
             f"{best.replace('rf_', 'RF ').replace('_', ' ')} | {'met' if met else 'NOT met'} "
             f"({stats['platform'][0] - stats[best][0]:+.3f}) | "
             + ", ".join(f"{k} x{v}" for k, v in mixes.most_common())
+            + f" | {sum(o.gate.startswith('promote') for o in rs)} / {len(rs)}"
+            + " | {:.3f} ± {:.3f}".format(*_mean_se([o.mae["platform_no_refit"] for o in rs]))
             + " | {:.3f} ± {:.3f} |".format(*_mean_se([o.mae["rf_platform_rows"] for o in rs]))
         )
     return lines
@@ -152,16 +172,18 @@ def table(outcomes: list[Outcome], scenarios: list[str]) -> list[str]:
 
 def per_seed(outcomes: list[Outcome]) -> list[str]:
     lines = [
-        "| scenario | seed | old | platform | RF base + labelled | RF labelled only | RF on platform rows "
-        "| mix chosen | production rows trained on / gate holdout | old + platform fit s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | seed | old | platform | platform before refit | RF base + labelled | RF labelled only "
+        "| RF on platform rows | mix chosen | production rows trained on / gate holdout / refit rows "
+        "| gate vs old | old + platform fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         m = o.mae
         lines.append(
-            f"| {o.scenario} | {o.seed} | {m['old']:.3f} | {m['platform']:.3f} | {m['rf_base_labelled']:.3f} | "
-            f"{m['rf_labelled_only']:.3f} | {m['rf_platform_rows']:.3f} | {o.mix} | {o.rows['platform_production_train']} / "
-            f"{o.rows['gate_holdout']} | {o.seconds:.1f} |"
+            f"| {o.scenario} | {o.seed} | {m['old']:.3f} | {m['platform']:.3f} | {m['platform_no_refit']:.3f} | "
+            f"{m['rf_base_labelled']:.3f} | {m['rf_labelled_only']:.3f} | {m['rf_platform_rows']:.3f} | {o.mix} | "
+            f"{o.rows['platform_production_train']} / {o.rows['gate_holdout']} / {o.rows['refit'] or '-'} | "
+            f"{o.gate} | {o.seconds:.1f} |"
         )
     return lines
 
@@ -174,10 +196,12 @@ def main() -> None:
     ap.add_argument(
         "--label-share", type=float, default=0.5, help="share of the target rows fed back labelled"
     )
+    ap.add_argument("--no-refit", action="store_true", help="REFIT_ON_ALL_ROWS off")
     ap.add_argument("--out", default=str(ROOT / "results" / "loop_benchmark.md"))
     args = ap.parse_args()
     settings = TrainerSettings(
         train_search=args.search,
+        refit_on_all_rows=not args.no_refit,
         inference_url="",
         train_on_start=False,
         admin_token="loop-benchmark-0123456789",
@@ -192,7 +216,8 @@ def main() -> None:
             m = o.mae
             print(
                 f"[{len(outcomes)}/{total} {time.monotonic() - t0:5.0f}s] {name} seed {seed}: old {m['old']:.3f}  "
-                f"platform {m['platform']:.3f} ({o.mix})  RF base+labelled {m['rf_base_labelled']:.3f}  "
+                f"platform {m['platform']:.3f} ({o.mix}; before refit {m['platform_no_refit']:.3f}; gate {o.gate})  "
+                f"RF base+labelled {m['rf_base_labelled']:.3f}  "
                 f"RF labelled only {m['rf_labelled_only']:.3f}",
                 flush=True,
             )
@@ -205,21 +230,29 @@ def main() -> None:
         "",
         "Command: `make loop-benchmark` (`.venv/bin/python scripts/loop_benchmark.py"
         + (" --search" if args.search else "")
+        + (" --no-refit" if args.no_refit else "")
         + f" --seeds {' '.join(map(str, args.seeds))} --label-share {args.label_share:g}`).",
         "",
         f"Measured {stamp} on a shared, loaded 2-core machine (other jobs running); total {elapsed:.0f} s. "
         f"TRAIN_SEARCH {'on' if args.search else 'off'}, every other trainer setting at its default "
         f"(PRODUCTION_HOLDOUT {settings.production_holdout}, PRODUCTION_MIN_ROWS {settings.production_min_rows}, "
-        f"MIX_MIN_ROWS {settings.mix_min_rows}).",
+        f"MIX_MIN_ROWS {settings.mix_min_rows}, REFIT_ON_ALL_ROWS {str(settings.refit_on_all_rows).lower()}, "
+        f"GATE_MIN_ROWS {settings.gate_min_rows}).",
         "",
         "What it does (see the docstring of `scripts/loop_benchmark.py`): the source population is the base "
         "dataset; the target rows arrive in a seeded random order, the first "
         f"{args.label_share:.0%} labelled, the rest held out and never fed back. *old model* = the trainer's "
         "stages (`service.training_data` + `service.fit_candidate`) on the source rows; *platform retrained* = "
         "the same stages with the labelled target rows as labelled production rows (the newest "
-        f"{settings.production_holdout:.0%} of them held out for the gate, so the platform trains on fewer "
-        "target rows than the references; training mix chosen by `mix.choose`); the references get all source "
-        "rows and all labelled rows. MAE on the held-out target rows, mean ± standard error over the split seeds.",
+        f"{settings.production_holdout:.0%} of them held out for the gate; training mix chosen by `mix.choose`; "
+        "evaluated on the holdouts, then, with REFIT_ON_ALL_ROWS, refit with the same mix, family and "
+        "hyper-parameters on its training rows + the gate's recent holdout: the model registered and served; the "
+        "base holdout, 20 % of the source rows, stays out of the refit because it is the fixed evaluation set of "
+        "every later gate); the references get all source rows and all labelled rows. MAE on the held-out target "
+        "rows, mean ± standard error over the split seeds. *gate vs old model*: the service's gate "
+        "(`service.champion_evidence` + `service.verdict`: paired bootstrap on the recent holdout, GATE_MIN_ROWS) "
+        "judging the pre-refit challenger against the old model as champion; `keep (n=.., needs .. more labels)` "
+        "= not enough evidence yet.",
         "",
         "## Summary (MAE, mean ± standard error over seeds)",
         "",

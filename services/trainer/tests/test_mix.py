@@ -197,7 +197,14 @@ def test_production_only_trains_on_production_rows_but_keeps_the_whole_reference
     monkeypatch.setattr(mix, "choose", lambda *a, **k: forced)
     data = service.training_data(settings, spec, columns, X, y, labelled(300))
     assert len(data.X_train) == 210 and data.weights is None
-    assert len(data.X_ref) == len(X) - data.rows["test"] + 210  # every training row once
+    # REFIT_ON_ALL_ROWS: the refit is on all 300 production rows; the reference: every row of the served model
+    assert data.X_refit is not None and len(data.X_refit) == 300 and data.refit_weights is None
+    assert len(data.X_ref) == len(X) - data.rows["test"] + 300
+    off = settings.model_copy(update={"refit_on_all_rows": False})
+    data = service.training_data(off, spec, columns, X, y, labelled(300))
+    assert (
+        data.X_refit is None and len(data.X_ref) == len(X) - data.rows["test"] + 210
+    )  # every training row once
 
 
 def test_the_job_shows_the_mix(tmp_path: Path) -> None:

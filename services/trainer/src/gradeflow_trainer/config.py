@@ -153,6 +153,15 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         "training mix by validation (MIX_MIN_ROWS); below it the fixed PRODUCTION_WEIGHT rule is used.",
     )
 
+    refit_on_all_rows: bool = Field(
+        default=True,
+        description="Validate, then refit (REFIT_ON_ALL_ROWS): after the candidate is evaluated on the holdouts "
+        "(what the gate judges and the run reports), refit the same mix, model family and hyper-parameters (no "
+        "new search) on the training rows plus the gate's recent labelled holdout, and register, export and "
+        "serve that refit. The base holdout stays out: it is the fixed evaluation set of every later gate. "
+        "false registers the model fitted on the training rows only.",
+    )
+
     def effective_production_weight(self, base_rows: int, production_rows: int) -> int:
         """PRODUCTION_WEIGHT, or the automatic weight when it is 0."""
         if self.production_weight:

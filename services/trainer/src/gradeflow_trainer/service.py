@@ -4,8 +4,10 @@
 
 1. ``assemble_data``: load + validate the base dataset, pull the labelled production rows,
    split (base holdout; the most recent production rows held out for the gate) -> ``TrainingData``;
-2. ``fit_candidate``: fit, evaluate on every evaluation set (MAE, RMSE, R2, naive baseline)
-   -> ``Candidate``;
+2. ``fit_candidate``: fit, evaluate on every evaluation set (MAE, RMSE, R2, naive baseline),
+   then (REFIT_ON_ALL_ROWS) refit the same mix, family and hyper-parameters on the training rows +
+   the recent labelled holdout -> ``Candidate`` (the refit is registered, exported and served; the
+   metrics, the gate's per-row predictions and the monitor's baseline are those of the fit before);
 3. ``register_candidate``: log the run (params, metrics, inputs, plots, export artifacts) and
    register the model as a new version -> ``registry.Registered``;
 4. ``decide_and_publish``: approval gate (``gate.decide``) against the champion evaluated on
@@ -157,12 +159,18 @@ class TrainingData:
     y_test: pd.Series
     X_recent: pd.DataFrame | None  # the most recent labelled production rows, held out for the gate
     y_recent: pd.Series | None
-    X_ref: pd.DataFrame  # reference sample of the export: every training row once
+    X_ref: pd.DataFrame  # reference sample of the export: every row the served model was trained on, once
     y_ref: pd.Series
     rows: dict[str, int]
     dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
     mix: TrainingMix | None = None  # how base and production rows are mixed, and why (``mix``)
     base_train_rows: int = 0  # residual mix: X_train holds this many base rows, then production rows
+    # REFIT_ON_ALL_ROWS: the training rows + the gate's recent holdout, mixed by the same rule (None: no
+    # refit, e.g. the setting is off or there is no row to add). The base holdout is never refitted on.
+    X_refit: pd.DataFrame | None = None
+    y_refit: pd.Series | None = None
+    refit_weights: np.ndarray | None = None
+    refit_base_rows: int = 0  # residual mix: X_refit holds this many base rows, then production rows
 
     def eval_sets(self) -> EvalSets:
         sets: EvalSets = {gate.BASE: (self.X_test, self.y_test)}
@@ -259,6 +267,13 @@ def training_data(
         production_train=len(Xp_tr),
         production_holdout=len(Xp_te),
     )
+    refit = _refit_rows(settings, choice.mix, Xb_tr, yb_tr, Xp, yp)
+    X_ref, y_ref = X_all, y_all
+    if refit is not None:
+        rows["refit"] = len(refit[0])
+        # the reference sample of the export: every row the served (refit) model was trained on, once
+        X_ref = pd.concat([Xb_tr, Xp], ignore_index=True)
+        y_ref = pd.concat([yb_tr, yp], ignore_index=True)
     return TrainingData(
         spec=spec,
         columns=columns,
@@ -271,13 +286,45 @@ def training_data(
         y_test=yb_te,
         X_recent=Xp_te,
         y_recent=yp_te,
-        X_ref=X_all,
-        y_ref=y_all,
+        X_ref=X_ref,
+        y_ref=y_ref,
         rows=rows,
         dropped=dropped,
         mix=choice.report,
         base_train_rows=len(Xb_tr),
+        X_refit=refit[0] if refit else None,
+        y_refit=refit[1] if refit else None,
+        refit_weights=refit[2] if refit else None,
+        refit_base_rows=len(Xb_tr),
     )
+
+
+def _refit_rows(
+    settings: TrainerSettings,
+    m: mixing.Mix,
+    Xb: pd.DataFrame,
+    yb: pd.Series,
+    Xp: pd.DataFrame,
+    yp: pd.Series,
+) -> tuple[pd.DataFrame, pd.Series, np.ndarray | None] | None:
+    """The refit's rows (REFIT_ON_ALL_ROWS): the base training rows and ALL labelled production rows
+    (training + the gate's recent holdout), mixed by the chosen mix's rule; the weight of a rule that
+    depends on the row counts (``balanced``, the automatic weight) is recomputed for the new counts.
+    None when the setting is off or the mix uses no production row (nothing to add)."""
+    if not settings.refit_on_all_rows or m.kind == "base_only":
+        return None
+    if m.kind == "production_only":
+        return Xp.reset_index(drop=True), yp.reset_index(drop=True), None
+    X = pd.concat([Xb, Xp], ignore_index=True)
+    y = pd.concat([yb, yp], ignore_index=True)
+    if m.kind == "residual":
+        return X, y, None
+    w = float(m.weight)
+    if m.name == "balanced":
+        w = len(Xb) / max(1, len(Xp))
+    elif m.name == "auto_weight":
+        w = float(settings.effective_production_weight(len(Xb), len(Xp)))
+    return X, y, np.concatenate([np.ones(len(Xb)), np.full(len(Xp), w)])
 
 
 def production_note(data: TrainingData) -> str:
@@ -291,13 +338,20 @@ def production_note(data: TrainingData) -> str:
 # ------------------------------------------------------------------ stage 2: fit + evaluate
 @dataclass(frozen=True)
 class Candidate:
-    fitted: FitResult
+    fitted: FitResult  # fitted on the training rows: what was evaluated (metrics) and what the gate judges
     challenger: dict[str, float]  # <evaluation set>_<metric> of the candidate
     naive: dict[str, float]  # the same for the naive baseline
-    metrics: dict[str, float]  # what the run, the export and the result report
+    metrics: dict[str, float]  # what the run, the export and the result report (of ``fitted``)
+    refit: FitResult | None = None  # REFIT_ON_ALL_ROWS: the same procedure on the refit rows
 
     @property
     def pipeline(self) -> Any:
+        """The model registered, exported and served: the refit when there is one."""
+        return (self.refit or self.fitted).pipeline
+
+    @property
+    def evaluated(self) -> Any:
+        """The model the metrics and the gate's per-row predictions are of (fitted before the refit)."""
         return self.fitted.pipeline
 
 
@@ -340,7 +394,40 @@ def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progres
         **{k: v for k, v in challenger.items() if k.startswith(gate.RECENT)},
     }
     logger.info("challenger metrics %s", {k: round(v, 4) for k, v in metrics.items()})
-    return Candidate(fitted=fitted, challenger=challenger, naive=naive, metrics=metrics)
+    refit = _refit(settings, data, fitted, report)
+    return Candidate(fitted=fitted, challenger=challenger, naive=naive, metrics=metrics, refit=refit)
+
+
+def _refit(
+    settings: TrainerSettings, data: TrainingData, fitted: FitResult, report: Progress = no_progress
+) -> FitResult | None:
+    """Validate, then refit: the chosen mix, family and hyper-parameters (no new search) on the
+    training rows + the gate's recent holdout (``TrainingData.X_refit``)."""
+    if not settings.refit_on_all_rows or data.X_refit is None or data.y_refit is None:
+        return None
+    report("refit on all rows", 0.64)
+    if data.mix is not None and data.mix.kind == "residual":
+        out = mixing.fit_residual(
+            data.X_refit, data.y_refit, data.refit_base_rows, data.columns, seed=settings.seed
+        )
+    else:
+        out = fit(
+            data.X_refit,
+            data.y_refit,
+            data.columns,
+            seed=settings.seed,
+            search=False,
+            candidates=[(fitted.family, dict(fitted.params))],
+            sample_weight=data.refit_weights,
+        )
+    logger.info(
+        "refit %s on %d rows (evaluated fit: %d rows) in %.1fs",
+        out.family,
+        len(data.X_refit),
+        len(data.X_train),
+        out.seconds,
+    )
+    return out
 
 
 # ------------------------------------------------------------------ stage 3: log + register
@@ -381,6 +468,15 @@ def run_record(
 ) -> RunRecord:
     """The run of a candidate: tags, params, metrics, inputs, plots' data, artifacts, model."""
     spec, fitted = data.spec, cand.fitted
+    refit_params: dict[str, Any] = {"refit": cand.refit is not None}
+    refit_tags: dict[str, str] = {}
+    if cand.refit is not None and data.X_refit is not None:
+        refit_params["rows_refit"] = len(data.X_refit)
+        refit_tags["gradeflow.refit"] = (
+            f"the registered model is a refit on {len(data.X_refit)} rows (training rows + the recent labelled "
+            f"holdout; same mix, family and hyper-parameters); the holdout metrics are those of the fit on the "
+            f"{len(data.X_train)} training rows, before the refit"
+        )
     mix_params, mix_metrics, mix_tags = mixing.as_params(data.mix) if data.mix else ({}, {}, {})
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     inputs = [
@@ -411,6 +507,7 @@ def run_record(
             "gradeflow.monitor_run_id": request.monitor_run_id or "",
             **({JOB_TAG: job_id} if (job_id := current_job_id()) else {}),
             **mix_tags,
+            **refit_tags,
         },
         params={
             "dataset": spec.name,
@@ -432,18 +529,20 @@ def run_record(
             "family": fitted.family,
             **{f"model.{k}": v for k, v in fitted.params.items()},
             **mix_params,
+            **refit_params,
         },
         metrics={
             **cand.metrics,
             "fit_seconds": fitted.seconds,
             "search_seconds": fitted.search_seconds,
             "production_rows_dropped": float(sum(data.dropped.values())),
+            **({"refit_seconds": cand.refit.seconds} if cand.refit is not None else {}),
             **mix_metrics,
         },
         cv_rmse=fitted.cv_rmse,
         inputs=inputs,
         y_holdout=np.asarray(data.y_test, dtype=float),
-        pred_holdout=np.asarray(cand.pipeline.predict(data.X_test), dtype=float),
+        pred_holdout=np.asarray(cand.evaluated.predict(data.X_test), dtype=float),
         artifacts_dir=artifacts_dir,
         input_example=data.X_train.head(50),
     )
@@ -489,14 +588,7 @@ def judge(
         try:
             with tempfile.TemporaryDirectory(prefix="gradeflow-champion-") as tmpd:
                 champ_pipe = _champion_pipeline(settings, registry, champ, Path(tmpd))
-                champ_metrics = _eval_sets(champ_pipe, sets)
-                if gate.RECENT in sets:
-                    X_recent, y_recent = sets[gate.RECENT]
-                    paired = gate.Paired(
-                        y=np.asarray(y_recent, dtype=float),
-                        challenger=np.asarray(cand.pipeline.predict(X_recent), dtype=float),
-                        champion=np.asarray(champ_pipe.predict(X_recent), dtype=float),
-                    )
+                champ_metrics, paired = champion_evidence(cand, sets, champ_pipe)
         except UpstreamError:
             raise  # the registry failing is the job's (first) error, not a verdict on the champion
         except (GradeflowError, ValueError, KeyError) as exc:
@@ -512,6 +604,35 @@ def judge(
                 challenger=cand.challenger,
                 evaluated_on=list(sets),
             )
+    return verdict(settings, version, cand, champ, champ_metrics, paired)
+
+
+def champion_evidence(
+    cand: Candidate, sets: EvalSets, champ_pipe: Any
+) -> tuple[dict[str, float], gate.Paired | None]:
+    """The champion's metrics on the challenger's evaluation sets and, on the recent labelled rows,
+    both models' per-row predictions (the challenger's: the evaluated fit, before any refit)."""
+    champ_metrics = _eval_sets(champ_pipe, sets)
+    paired: gate.Paired | None = None
+    if gate.RECENT in sets:
+        X_recent, y_recent = sets[gate.RECENT]
+        paired = gate.Paired(
+            y=np.asarray(y_recent, dtype=float),
+            challenger=np.asarray(cand.evaluated.predict(X_recent), dtype=float),
+            champion=np.asarray(champ_pipe.predict(X_recent), dtype=float),
+        )
+    return champ_metrics, paired
+
+
+def verdict(
+    settings: TrainerSettings,
+    version: int,
+    cand: Candidate,
+    champ: int | None,
+    champ_metrics: dict[str, float] | None,
+    paired: gate.Paired | None,
+) -> GateDecision:
+    """``gate.decide`` with the trainer's settings (``judge`` without the registry)."""
     return gate.decide(
         cand.challenger,
         champ_metrics,
