@@ -81,6 +81,15 @@ def test_a_noisy_small_gain_is_inconclusive_and_estimates_the_labels_needed() ->
     assert dk.promoted and dk.effect_high is not None and dk.effect_high < 0, dk.reason
 
 
+def test_a_gain_too_small_to_show_gets_no_absurd_labels_estimate() -> None:
+    # two equally good models: by chance the challenger is a hair better on these rows
+    p, chal, champ = case(150, champ_sd=3.0, chal_sd=3.0, corr=0.5, seed=4)
+    d = decide(chal, champ, {}, margin=0.0, paired=p, min_rows=100, champion_version=1)
+    assert d.effect is not None and d.effect < 0 and d.effect_high is not None and d.effect_high > 0
+    assert not d.promoted and d.reason.startswith("inconclusive"), d.reason
+    assert d.labels_needed is None and "would need more than 20x the 150 rows" in d.reason, d.reason
+
+
 def test_a_challenger_that_is_not_better_gets_no_labels_estimate() -> None:
     p, chal, champ = case(200, champ_sd=1.0, chal_sd=1.0, seed=2)
     same = Paired(y=p.y, challenger=p.champion, champion=p.champion)  # identical predictions

@@ -118,6 +118,9 @@ def paired_t_pvalue(d: np.ndarray) -> float | None:
     return p if math.isfinite(p) else None
 
 
+PRACTICAL_EVIDENCE = 20  # an estimate beyond 20x the rows seen is not reported as "labels needed"
+
+
 def labels_for_interval(n: int, mean: float, high: float) -> int | None:
     """More paired rows at which the interval's upper half-width (shrinking as 1/sqrt(n)) would fall
     below the observed mean gain; None when the mean does not favour the challenger."""
@@ -285,6 +288,13 @@ def decide(
             extra = labels_for_interval(n, mean, high)
             if extra is None:
                 return verdict(False, f"{head}: the challenger is not better on these rows{tail}", champion)
+            if extra > PRACTICAL_EVIDENCE * n:  # a gain this small is not worth waiting for
+                return verdict(
+                    False,
+                    f"inconclusive: {head} includes 0, and a gain this small would need more than "
+                    f"{PRACTICAL_EVIDENCE}x the {n} rows seen to show{tail}",
+                    champion,
+                )
             labels = math.ceil(extra / share)
             evidence["labels_needed"] = labels
             return verdict(
