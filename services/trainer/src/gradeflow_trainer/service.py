@@ -363,24 +363,37 @@ def _eval_sets(pipe: Any, sets: EvalSets) -> dict[str, float]:
     return out
 
 
+def _fit_mix(
+    settings: TrainerSettings,
+    data: TrainingData,
+    X: pd.DataFrame,
+    y: pd.Series,
+    base_rows: int,
+    weights: np.ndarray | None,
+    **fit_args: Any,
+) -> FitResult:
+    """Fit the chosen training mix on ``X``/``y``: the residual mix boosts on from a base fit of the
+    first ``base_rows`` rows; every other mix is ``fit`` with per-row ``weights`` (``fit_args``: search,
+    budget, candidates, progress)."""
+    if data.mix is not None and data.mix.kind == "residual":
+        return mixing.fit_residual(X, y, base_rows, data.columns, seed=settings.seed)
+    return fit(X, y, data.columns, seed=settings.seed, sample_weight=weights, **fit_args)
+
+
 def fit_candidate(settings: TrainerSettings, data: TrainingData, report: Progress = no_progress) -> Candidate:
     """Fit (with the model search when TRAIN_SEARCH) and evaluate on every evaluation set."""
     report("fit", 0.1)
-    if data.mix is not None and data.mix.kind == "residual":
-        fitted = mixing.fit_residual(
-            data.X_train, data.y_train, data.base_train_rows, data.columns, seed=settings.seed
-        )
-    else:
-        fitted = fit(
-            data.X_train,
-            data.y_train,
-            data.columns,
-            seed=settings.seed,
-            search=settings.train_search,
-            budget_seconds=settings.train_search_budget_seconds,
-            progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
-            sample_weight=data.weights,
-        )
+    fitted = _fit_mix(
+        settings,
+        data,
+        data.X_train,
+        data.y_train,
+        data.base_train_rows,
+        data.weights,
+        search=settings.train_search,
+        budget_seconds=settings.train_search_budget_seconds,
+        progress=lambda stage, f: report(stage, 0.1 + 0.5 * f),
+    )
     report("evaluate", 0.62)
     sets = data.eval_sets()
     challenger = _eval_sets(fitted.pipeline, sets)
@@ -406,20 +419,16 @@ def _refit(
     if not settings.refit_on_all_rows or data.X_refit is None or data.y_refit is None:
         return None
     report("refit on all rows", 0.64)
-    if data.mix is not None and data.mix.kind == "residual":
-        out = mixing.fit_residual(
-            data.X_refit, data.y_refit, data.refit_base_rows, data.columns, seed=settings.seed
-        )
-    else:
-        out = fit(
-            data.X_refit,
-            data.y_refit,
-            data.columns,
-            seed=settings.seed,
-            search=False,
-            candidates=[(fitted.family, dict(fitted.params))],
-            sample_weight=data.refit_weights,
-        )
+    out = _fit_mix(
+        settings,
+        data,
+        data.X_refit,
+        data.y_refit,
+        data.refit_base_rows,
+        data.refit_weights,
+        search=False,
+        candidates=[(fitted.family, dict(fitted.params))],
+    )
     logger.info(
         "refit %s on %d rows (evaluated fit: %d rows) in %.1fs",
         out.family,
