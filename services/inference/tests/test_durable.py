@@ -75,6 +75,125 @@ def test_group_commit_releases_every_waiter(tmp_path: Path) -> None:
     log.stop()
 
 
+def _started(store: LogStore, **kw: Any) -> LogWriter:
+    log = LogWriter(store, **{**SLOW, **kw})
+    log.start()
+    assert store.ready.wait(30)
+    return log
+
+
+def test_sqlite_commits_on_the_event_loop_without_a_thread_hand_over(tmp_path: Path) -> None:
+    store = LogStore(f"sqlite:///{tmp_path / 'i.db'}")
+    threads: set[str] = set()
+    write = store.write
+
+    def recording(batch: list[LogBatch], **kw: Any) -> int:
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return write(batch, **kw)
+
+    store.write = recording  # type: ignore[method-assign]
+    log = _started(store)
+    batches = [_batch(1, start=i)[0] for i in range(20)]
+
+    async def main() -> None:
+        for b in batches:  # one request per loop turn: the case a hand-over costs most
+            await log.acked(b)
+
+    asyncio.run(main())
+    assert _db_keys(tmp_path / "i.db") == {b.batch_key for b in batches}
+    assert log.inline_commits == 20 and threads == {"MainThread"}, (log.inline_commits, threads)
+    log.stop()
+
+
+def test_a_slow_disk_moves_commits_back_to_the_writer_thread(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    store = LogStore(f"sqlite:///{tmp_path / 's.db'}")
+    threads: list[str] = []
+    write = store.write
+
+    def slow(batch: list[LogBatch], **kw: Any) -> int:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.02)  # 20 ms a commit: the event loop must not keep paying it
+        return write(batch, **kw)
+
+    store.write = slow  # type: ignore[method-assign]
+    log = _started(store, inline_max_seconds=0.005)
+    batches = [_batch(1, start=i)[0] for i in range(12)]
+
+    async def main() -> None:
+        for b in batches:
+            await log.acked(b)
+
+    asyncio.run(main())
+    assert _db_keys(tmp_path / "s.db") == {b.batch_key for b in batches}
+    inline = threads.count("MainThread")
+    assert 1 <= inline <= 4 and threads[-1] == "prediction-log-writer", threads
+    log.stop()
+
+
+def test_an_inline_commit_that_fails_hands_its_rows_to_the_writer_thread(tmp_path: Path) -> None:
+    store = LogStore(f"sqlite:///{tmp_path / 'f.db'}")
+    write = store.write
+    failed: list[int] = []
+
+    def flaky(batch: list[LogBatch], **kw: Any) -> int:
+        if not failed:
+            failed.append(len(batch))
+            raise sqlite3.OperationalError("disk I/O error")
+        return write(batch, **kw)
+
+    store.write = flaky  # type: ignore[method-assign]
+    log = _started(store)
+    batches = [_batch(1, start=i)[0] for i in range(3)]
+
+    async def main() -> None:
+        await asyncio.gather(*(log.acked(b) for b in batches))
+
+    asyncio.run(main())
+    assert failed and _db_keys(tmp_path / "f.db") == {b.batch_key for b in batches}
+    assert log.written == 3 and log.dropped == 0
+    log.stop()
+
+
+def test_an_inline_commit_does_not_wait_on_the_loop_for_another_writers_lock(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    db = tmp_path / "l.db"
+    log = _started(LogStore(f"sqlite:///{db}"))
+    other = sqlite3.connect(db, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a /feedback write holding SQLite's write lock for 0.6 s
+    threading.Timer(0.6, other.commit).start()
+    b = _batch(1)[0]
+    gaps: list[float] = []
+
+    async def ticker(done: asyncio.Event) -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def main() -> None:
+        done = asyncio.Event()
+        tick = asyncio.create_task(ticker(done))
+        await asyncio.sleep(0.05)
+        await log.acked(b)  # committed by the writer thread once the lock is free
+        done.set()
+        await tick
+
+    asyncio.run(main())
+    other.close()
+    assert b.batch_key in _db_keys(db)
+    assert max(gaps) < 0.3, max(gaps)  # the loop kept serving: it never sat in SQLite's busy wait
+    log.stop()
+
+
 def test_durable_ack_refuses_when_the_row_cannot_be_queued(tmp_path: Path) -> None:
     log = LogWriter(LogStore(f"sqlite:///{tmp_path / 'q.db'}"), queue_max=1, **SLOW)  # type: ignore[arg-type]
 

@@ -57,13 +57,18 @@ feedback_audit = sa.Table(
 MIGRATIONS = Path(__file__).resolve().parent / "alembic"
 
 
+SQLITE_BUSY_MS = 30_000  # how long a SQLite connection waits for another writer's lock
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and its folder created."""
     if url.startswith("sqlite"):
         db = sa.engine.make_url(url).database
         if db and db != ":memory:":
             Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -121,6 +121,10 @@ class LogStore:
             raise LogUnavailable(f"prediction log database is not open: {self.safe_url()}")
         return self.engine
 
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
     def safe_url(self) -> str:
         try:
             from sqlalchemy.engine import make_url
@@ -130,13 +134,14 @@ class LogStore:
             return "<unparseable url>"
 
     # ------------------------------------------------------------------ writes (writer thread)
-    def write(self, batch: list[LogBatch]) -> int:
+    def write(self, batch: list[LogBatch], busy_ms: int | None = None) -> int:
         """Insert the batches; returns the records dropped because their batch key was already stored.
 
-        Any other database error propagates (the writer keeps the batch and retries)."""
+        Any other database error propagates (the writer keeps the batch and retries). ``busy_ms`` (SQLite):
+        wait at most this long for another writer's lock instead of the connection's 30 s, then fail."""
         import sqlalchemy as sa
 
-        from ..db import prediction_batches
+        from ..db import SQLITE_BUSY_MS, prediction_batches
 
         engine = self.require()
         if engine.dialect.name == "sqlite":
@@ -145,20 +150,13 @@ class LogStore:
             try:
                 with engine.begin() as conn:
                     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                    for i in range(0, len(batch), _SQLITE_CHUNK):
-                        flat: list[Any] = []
-                        for b in batch[i : i + _SQLITE_CHUNK]:
-                            flat += (
-                                b.batch_key,
-                                0,
-                                b.n,
-                                _sqlite_ts(b.ts),
-                                b.model_version,
-                                _records_json(b),
-                                _predictions_json(b),
-                                b.latency_ms,
-                            )
-                        cur.execute(_sqlite_insert(len(flat) // 8), flat)
+                    if busy_ms is not None:
+                        cur.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+                    try:
+                        self._insert_sqlite(cur, batch)
+                    finally:
+                        if busy_ms is not None:
+                            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
                     cur.close()
                 return 0
             except (sa.exc.IntegrityError, sqlite3.IntegrityError):
@@ -193,6 +191,23 @@ class LogStore:
         if bad:
             logger.warning("prediction log: %d records with duplicate request ids dropped", bad)
         return bad
+
+    @staticmethod
+    def _insert_sqlite(cur: sqlite3.Cursor, batch: list[LogBatch]) -> None:
+        for i in range(0, len(batch), _SQLITE_CHUNK):
+            flat: list[Any] = []
+            for b in batch[i : i + _SQLITE_CHUNK]:
+                flat += (
+                    b.batch_key,
+                    0,
+                    b.n,
+                    _sqlite_ts(b.ts),
+                    b.model_version,
+                    _records_json(b),
+                    _predictions_json(b),
+                    b.latency_ms,
+                )
+            cur.execute(_sqlite_insert(len(flat) // 8), flat)
 
     def page(
         self, since_id: int | None, since: datetime | None, limit: int, labelled: bool | None
