@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -60,6 +61,17 @@ MIGRATIONS = Path(__file__).resolve().parent / "alembic"
 SQLITE_BUSY_MS = 30_000  # how long a SQLite connection waits for another writer's lock
 
 
+def sqlite_pragmas(con: Any) -> None:
+    """WAL and the cache settings every connection to a SQLite log uses."""
+    cur = con.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    # the log only grows: keep its index pages in memory (64 MiB cache, reads memory-mapped)
+    cur.execute("PRAGMA cache_size=-65536")
+    cur.execute("PRAGMA mmap_size=268435456")
+    cur.close()
+
+
 def make_engine(url: str) -> sa.Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and its folder created."""
     if url.startswith("sqlite"):
@@ -72,13 +84,7 @@ def make_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            # the log only grows: keep its index pages in memory (64 MiB cache, reads memory-mapped)
-            cur.execute("PRAGMA cache_size=-65536")
-            cur.execute("PRAGMA mmap_size=268435456")
-            cur.close()
+            sqlite_pragmas(dbapi_conn)
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)

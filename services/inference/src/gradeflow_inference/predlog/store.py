@@ -91,6 +91,25 @@ def _predictions_json(b: LogBatch) -> str:
     return orjson.dumps(b.predictions, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def _insert_sqlite(cur: sqlite3.Cursor, batch: list[LogBatch]) -> None:
+    """Multi-row INSERT statements through the DB-API: far cheaper than Core's per-row parameter
+    processing. The timestamp text is the format SQLAlchemy's DateTime reads back."""
+    for i in range(0, len(batch), _SQLITE_CHUNK):
+        flat: list[Any] = []
+        for b in batch[i : i + _SQLITE_CHUNK]:
+            flat += (
+                b.batch_key,
+                0,
+                b.n,
+                _sqlite_ts(b.ts),
+                b.model_version,
+                _records_json(b),
+                _predictions_json(b),
+                b.latency_ms,
+            )
+        cur.execute(_sqlite_insert(len(flat) // 8), flat)
+
+
 class LogStore:
     """The database of the prediction log (one engine, opened by ``open``)."""
 
@@ -98,6 +117,7 @@ class LogStore:
         self.url = url
         self.engine: sa.Engine | None = None
         self.ready = threading.Event()
+        self._here: sqlite3.Connection | None = None  # write_here's connection
 
     def open(self) -> None:
         """Create the engine and run the migrations (the writer retries this until it works)."""
@@ -113,6 +133,9 @@ class LogStore:
         self.ready.set()
 
     def close(self) -> None:
+        if self._here is not None:
+            self._here.close()
+            self._here = None
         if self.engine is not None:
             self.engine.dispose()
 
@@ -122,8 +145,11 @@ class LogStore:
         return self.engine
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.url.startswith("sqlite")
+    def is_sqlite_file(self) -> bool:
+        """A SQLite database in a file (not in memory): ``write_here`` can open a second connection to it."""
+        from sqlalchemy.engine import make_url
+
+        return self.url.startswith("sqlite") and make_url(self.url).database not in (None, "", ":memory:")
 
     def safe_url(self) -> str:
         try:
@@ -134,14 +160,13 @@ class LogStore:
             return "<unparseable url>"
 
     # ------------------------------------------------------------------ writes (writer thread)
-    def write(self, batch: list[LogBatch], busy_ms: int | None = None) -> int:
+    def write(self, batch: list[LogBatch]) -> int:
         """Insert the batches; returns the records dropped because their batch key was already stored.
 
-        Any other database error propagates (the writer keeps the batch and retries). ``busy_ms`` (SQLite):
-        wait at most this long for another writer's lock instead of the connection's 30 s, then fail."""
+        Any other database error propagates (the writer keeps the batch and retries)."""
         import sqlalchemy as sa
 
-        from ..db import SQLITE_BUSY_MS, prediction_batches
+        from ..db import prediction_batches
 
         engine = self.require()
         if engine.dialect.name == "sqlite":
@@ -150,13 +175,7 @@ class LogStore:
             try:
                 with engine.begin() as conn:
                     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                    if busy_ms is not None:
-                        cur.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-                    try:
-                        self._insert_sqlite(cur, batch)
-                    finally:
-                        if busy_ms is not None:
-                            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+                    _insert_sqlite(cur, batch)
                     cur.close()
                 return 0
             except (sa.exc.IntegrityError, sqlite3.IntegrityError):
@@ -192,22 +211,28 @@ class LogStore:
             logger.warning("prediction log: %d records with duplicate request ids dropped", bad)
         return bad
 
-    @staticmethod
-    def _insert_sqlite(cur: sqlite3.Cursor, batch: list[LogBatch]) -> None:
-        for i in range(0, len(batch), _SQLITE_CHUNK):
-            flat: list[Any] = []
-            for b in batch[i : i + _SQLITE_CHUNK]:
-                flat += (
-                    b.batch_key,
-                    0,
-                    b.n,
-                    _sqlite_ts(b.ts),
-                    b.model_version,
-                    _records_json(b),
-                    _predictions_json(b),
-                    b.latency_ms,
-                )
-            cur.execute(_sqlite_insert(len(flat) // 8), flat)
+    def write_here(self, batch: list[LogBatch], busy_seconds: float) -> None:
+        """Insert the batches in one SQLite transaction on a connection kept for the caller's thread (the
+        event loop's inline commits: no pool checkout), waiting at most ``busy_seconds`` for another
+        writer's lock. Any error, a duplicate key included, propagates: ``write`` on the writer thread
+        then handles the batch."""
+        con = self._here
+        if con is None:
+            from ..db import sqlite_pragmas
+
+            con = sqlite3.connect(
+                self.require().url.database or "", timeout=busy_seconds, check_same_thread=False
+            )
+            sqlite_pragmas(con)
+            self._here = con
+        try:
+            cur = con.cursor()
+            _insert_sqlite(cur, batch)
+            cur.close()
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
 
     def page(
         self, since_id: int | None, since: datetime | None, limit: int, labelled: bool | None

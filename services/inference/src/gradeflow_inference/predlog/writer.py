@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import threading
 import time
 from collections import deque
@@ -44,6 +45,7 @@ from .store import LogBatch, LogStore, LogUnavailable
 logger = logging.getLogger(__name__)
 
 INLINE_BUSY_MS = 20  # an inline commit waits at most this long for another writer's lock
+INLINE_WINDOW = 16  # inline commits are judged slow or not by the median of this many
 
 
 class LogWriter:
@@ -66,7 +68,11 @@ class LogWriter:
         self.shutdown_timeout = shutdown_timeout
         self.error: str | None = None  # last database error (None when healthy)
         self._chunks: deque[LogBatch] = deque()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the writer thread waits on it for work
+        # flush() waits on this one for rows to finish: finishing rows does not wake the writer thread (a
+        # wake-up costs more than an inline commit)
+        self._done_cond = threading.Condition(lock)
         self._pending = 0  # records queued or being written
         self._accepted = 0  # records ever accepted into the queue
         self._done = 0  # records ever written or dropped by the writer
@@ -86,10 +92,12 @@ class LogWriter:
         # held while batches are taken from the queue and written: the writer thread and the event loop's
         # inline commit (``_commit_here``) never write at the same time, and batches finish in queue order
         self._write_lock = threading.Lock()
-        self.inline_commit = store.is_sqlite
+        self.inline_commit = store.is_sqlite_file
         self.inline_max_seconds = inline_max_seconds
         self._inline_off_until = 0.0
-        self._inline_avg = 0.0  # moving average of the inline commits' wall time (seconds)
+        self._inline_times: deque[float] = deque(
+            maxlen=INLINE_WINDOW
+        )  # wall time of the last inline commits (s)
         self.inline_commits = 0
 
     # ------------------------------------------------------------------ request path
@@ -158,27 +166,27 @@ class LogWriter:
             t0 = time.perf_counter()
             try:
                 # another writer's lock (a /feedback write) is waited for briefly here, not for 30 s
-                duplicates = self.store.write(batch, busy_ms=INLINE_BUSY_MS)
+                self.store.write_here(batch, INLINE_BUSY_MS / 1000)
             except Exception:  # noqa: BLE001 - give the rows back to the writer thread, which retries and reports
                 with self._cond:
                     self._chunks.extendleft(reversed(batch))
                 return False
-            took = time.perf_counter() - t0
-            # a moving average, so one commit that waited for a CPU or a WAL checkpoint does not count, but a
-            # slow disk does: then the loop must not stall on it, and the writer thread commits for a minute
-            self._inline_avg += 0.1 * (took - self._inline_avg)
-            if self._inline_avg > self.inline_max_seconds:
-                self._inline_off_until = time.monotonic() + 60.0
-                self._inline_avg = self.inline_max_seconds / 2
-                logger.warning(
-                    "prediction log: commits on the event loop average %.1f ms; the writer thread commits for "
-                    "the next minute",
-                    self._inline_avg * 2000,
-                )
+            self._inline_times.append(time.perf_counter() - t0)
+            if len(self._inline_times) == self._inline_times.maxlen:
+                # the median of the last commits: one that waited for a CPU or a WAL checkpoint does not
+                # count, a slow disk does; then the loop must not stall on it: the writer thread commits for
+                # the next minute
+                med = statistics.median(self._inline_times)
+                self._inline_times.clear()
+                if med > self.inline_max_seconds:
+                    self._inline_off_until = time.monotonic() + 60.0
+                    logger.warning(
+                        "prediction log: commits on the event loop take %.1f ms (median); the writer thread "
+                        "commits for the next minute",
+                        med * 1000,
+                    )
             self.inline_commits += 1
-            self._finish(rows - duplicates, dropped=False, batches_upto=upto)
-            if duplicates:
-                self._finish(duplicates, dropped=True)
+            self._finish(rows, dropped=False, batches_upto=upto)
             return True
         finally:
             self._write_lock.release()
@@ -317,7 +325,7 @@ class LogWriter:
             if batches_upto is not None:
                 self._batches_done = batches_upto
                 self._release(ok)
-            self._cond.notify_all()
+            self._done_cond.notify_all()
 
     def _release(self, ok: bool) -> None:
         """Resolve the futures of the finished batches: one call_soon_threadsafe per event loop (caller
@@ -352,7 +360,7 @@ class LogWriter:
             if self.ledger is not None:
                 self.ledger.done(self._done)
             self._release(False)
-            self._cond.notify_all()
+            self._done_cond.notify_all()
         if n:
             logger.error(
                 "prediction log: dropped %d queued rows (%s); %d dropped in total", n, why, self.dropped
@@ -368,7 +376,7 @@ class LogWriter:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
-                self._cond.wait(min(left, 0.05))
+                self._done_cond.wait(min(left, 0.05))
                 self._cond.notify_all()
         return True
 
