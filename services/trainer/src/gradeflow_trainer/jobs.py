@@ -49,8 +49,14 @@ def _now() -> datetime:
 class JobRunner:
     """Runs ``train_fn(request, progress)`` jobs one at a time on a worker thread."""
 
-    def __init__(self, train_fn: TrainFn, state_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        train_fn: TrainFn,
+        state_file: Path | None = None,
+        on_finish: Callable[[Job], None] | None = None,
+    ) -> None:
         self._train_fn = train_fn
+        self._on_finish = on_finish  # told of every job that ends here (the trainer's /metrics)
         self._state_file = state_file
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -211,6 +217,9 @@ class JobRunner:
                 j.stage = "done"
             self._save()
             self._wake.notify_all()
+            ended = j.model_copy()
+        if self._on_finish is not None:
+            self._on_finish(ended)
 
     # ------------------------------------------------------------ persistence
     def _prune(self) -> None:

@@ -11,7 +11,7 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,6 +38,32 @@ class LogBatch(NamedTuple):
     predictions: Sequence[float]  # n values
     latency_ms: float
     n: int
+
+
+ErrorObserver = Callable[[int, list[float]], None]  # (model version, |prediction - label| of each label)
+
+
+def _observe_errors(
+    observe: ErrorObserver,
+    fresh: list[str],
+    latest: dict[str, float],
+    split: dict[str, tuple[str, int]],
+    spans: dict[str, tuple[int, int]],
+    served: dict[str, tuple[int, str | bytes]],
+) -> None:
+    """Hand ``observe`` the absolute error of each newly labelled prediction, grouped by model version
+    (each batch's predictions parsed once)."""
+    by_version: dict[int, list[float]] = {}
+    parsed: dict[str, list[float]] = {}
+    for k in fresh:
+        key, idx = split[k]
+        version, blob = served[key]
+        preds = parsed.get(key)
+        if preds is None:
+            preds = parsed[key] = orjson.loads(blob)
+        by_version.setdefault(version, []).append(abs(preds[idx - spans[key][0]] - latest[k]))
+    for version, errors in by_version.items():
+        observe(version, errors)
 
 
 class LogUnavailable(GradeflowError):
@@ -347,12 +373,16 @@ class LogStore:
         items.sort(key=lambda x: x.id)
         return items
 
-    def add_feedback(self, items: Sequence[FeedbackItem], overwrite: bool = False) -> FeedbackResponse:
+    def add_feedback(
+        self, items: Sequence[FeedbackItem], overwrite: bool = False, observe: ErrorObserver | None = None
+    ) -> FeedbackResponse:
         """Store the true outcomes of logged predictions; report (and do not store) unknown request ids.
 
         A prediction that already has a label: Conflict (409, nothing stored) unless ``overwrite``; then the
         earlier value goes to ``feedback_audit``. ``items`` hold each request id once. Read through
-        ``LogWriter.flushed_store()`` so that predictions still queued count as logged.
+        ``LogWriter.flushed_store()`` so that predictions still queued count as logged. After the commit,
+        ``observe(model_version, abs_errors)`` receives the error of every first label by the version that
+        predicted (the live MAE of ``/metrics``; a corrected label is not counted twice).
         """
         import sqlalchemy as sa
 
@@ -367,18 +397,18 @@ class LogStore:
         try:
             with engine.begin() as conn:
                 spans: dict[str, tuple[int, int]] = {}
+                served: dict[str, tuple[int, str | bytes]] = {}  # batch key -> (model version, predictions)
                 earlier: dict[str, float] = {}
+                cols = [pb.c.batch_key, pb.c.first_index, pb.c.n]
+                if observe is not None:
+                    cols += [pb.c.model_version, pb.c.predictions]
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
                     keys = list({split[k][0] for k in chunk})
-                    spans.update(
-                        (r.batch_key, (r.first_index, r.n))
-                        for r in conn.execute(
-                            sa.select(pb.c.batch_key, pb.c.first_index, pb.c.n).where(
-                                pb.c.batch_key.in_(keys)
-                            )
-                        )
-                    )
+                    for r in conn.execute(sa.select(*cols).where(pb.c.batch_key.in_(keys))):
+                        spans[r.batch_key] = (r.first_index, r.n)
+                        if observe is not None:
+                            served[r.batch_key] = (r.model_version, r.predictions)
                     earlier.update(
                         (r.request_id, r.actual)
                         for r in conn.execute(
@@ -430,6 +460,8 @@ class LogStore:
             raise Conflict(
                 "a label for one of these request ids arrived at the same time: send the request again"
             ) from None
+        if observe is not None and fresh:
+            _observe_errors(observe, fresh, latest, split, spans, served)
         return FeedbackResponse(
             accepted=len(known), unknown_request_ids=unknown, overwritten_request_ids=again
         )
