@@ -26,6 +26,19 @@ from .history import History
 logger = logging.getLogger(__name__)
 
 OUTCOMES = ("succeeded", "failed")
+# exported from 0 even before the first such event, so that increase() sees the first one (a counter
+# series that appears at 1 shows no increase); any other action appears when it first happens
+WATCHED_ACTIONS = (
+    "gate",
+    "promote",
+    "rollback",
+    "rollout_start",
+    "rollout_stage",
+    "rollout_promote",
+    "rollout_rollback",
+    "rollout_expire",
+    "rollout_abort",
+)
 # a training takes seconds (no search, small data) to tens of minutes (search on a large file)
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 
