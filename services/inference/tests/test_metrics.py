@@ -102,3 +102,24 @@ def test_live_mae_per_version_from_feedback(
     assert r.status_code == 200
     text = client.get("/metrics").text
     assert value(text, "inference_live_abs_error_count", model_version="1") == 4
+
+
+def test_a_label_is_stored_even_when_its_error_cannot_be_computed(
+    client: TestClient, fitted: exports.Fitted
+) -> None:
+    """The metric is updated after the commit: a stored prediction that cannot be read back (here its
+    predictions cut short) costs the metric, never the label or a 5xx."""
+    import sqlite3
+
+    _, ids, _ = _predict(client, fitted.records[:2])
+    client.get("/predictions")  # written
+    db = client.app.state.svc.settings.db_url().removeprefix("sqlite:///")  # type: ignore[attr-defined]
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE prediction_batches SET predictions = '[]'")
+    r = client.post("/feedback", json={"items": [{"request_id": ids[1], "actual": 9.0}]}, headers=LABELLER)
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    again = client.post(
+        "/feedback", json={"items": [{"request_id": ids[1], "actual": 9.0}]}, headers=LABELLER
+    )
+    assert again.status_code == 409  # the first label was stored
+    assert value(client.get("/metrics").text, "inference_live_abs_error_count", model_version="1") is None

@@ -216,10 +216,9 @@ class JobRunner:
                 j.progress = 1.0
                 j.stage = "done"
             self._save()
+            if self._on_finish is not None:  # before the waiters wake: they see the job counted
+                self._on_finish(j.model_copy())
             self._wake.notify_all()
-            ended = j.model_copy()
-        if self._on_finish is not None:
-            self._on_finish(ended)
 
     # ------------------------------------------------------------ persistence
     def _prune(self) -> None:

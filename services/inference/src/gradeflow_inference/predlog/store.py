@@ -43,29 +43,6 @@ class LogBatch(NamedTuple):
 ErrorObserver = Callable[[int, list[float]], None]  # (model version, |prediction - label| of each label)
 
 
-def _observe_errors(
-    observe: ErrorObserver,
-    fresh: list[str],
-    latest: dict[str, float],
-    split: dict[str, tuple[str, int]],
-    spans: dict[str, tuple[int, int]],
-    served: dict[str, tuple[int, str | bytes]],
-) -> None:
-    """Hand ``observe`` the absolute error of each newly labelled prediction, grouped by model version
-    (each batch's predictions parsed once)."""
-    by_version: dict[int, list[float]] = {}
-    parsed: dict[str, list[float]] = {}
-    for k in fresh:
-        key, idx = split[k]
-        version, blob = served[key]
-        preds = parsed.get(key)
-        if preds is None:
-            preds = parsed[key] = orjson.loads(blob)
-        by_version.setdefault(version, []).append(abs(preds[idx - spans[key][0]] - latest[k]))
-    for version, errors in by_version.items():
-        observe(version, errors)
-
-
 class LogUnavailable(GradeflowError):
     error_code = "LOG_UNAVAILABLE"
     status_code = 503
@@ -373,6 +350,35 @@ class LogStore:
         items.sort(key=lambda x: x.id)
         return items
 
+    def _observe_errors(self, observe: ErrorObserver, labels: list[tuple[str, int, float]]) -> None:
+        """Hand ``observe`` the absolute error of each newly stored label ((batch key, index, label)), by the
+        model version that predicted. Read after the commit, outside the write transaction,
+        a few batches' predictions at a time (a batch holds up to MAX_BATCH_RECORDS of them): bounded memory."""
+        import sqlalchemy as sa
+
+        from ..db import prediction_batches as pb
+
+        by_batch: dict[str, list[tuple[int, float]]] = {}
+        for key, idx, actual in labels:
+            by_batch.setdefault(key, []).append((idx, actual))
+        keys = list(by_batch)
+        by_version: dict[int, list[float]] = {}
+        with self.require().connect() as conn:
+            for i in range(0, len(keys), 20):
+                rows = conn.execute(
+                    sa.select(pb.c.batch_key, pb.c.first_index, pb.c.model_version, pb.c.predictions).where(
+                        pb.c.batch_key.in_(keys[i : i + 20])
+                    )
+                )
+                for r in rows:
+                    preds = orjson.loads(r.predictions)
+                    errors = by_version.setdefault(r.model_version, [])
+                    errors += (
+                        abs(preds[idx - r.first_index] - actual) for idx, actual in by_batch[r.batch_key]
+                    )
+        for version, errors in by_version.items():
+            observe(version, errors)
+
     def add_feedback(
         self, items: Sequence[FeedbackItem], overwrite: bool = False, observe: ErrorObserver | None = None
     ) -> FeedbackResponse:
@@ -397,18 +403,18 @@ class LogStore:
         try:
             with engine.begin() as conn:
                 spans: dict[str, tuple[int, int]] = {}
-                served: dict[str, tuple[int, str | bytes]] = {}  # batch key -> (model version, predictions)
                 earlier: dict[str, float] = {}
-                cols = [pb.c.batch_key, pb.c.first_index, pb.c.n]
-                if observe is not None:
-                    cols += [pb.c.model_version, pb.c.predictions]
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
                     keys = list({split[k][0] for k in chunk})
-                    for r in conn.execute(sa.select(*cols).where(pb.c.batch_key.in_(keys))):
-                        spans[r.batch_key] = (r.first_index, r.n)
-                        if observe is not None:
-                            served[r.batch_key] = (r.model_version, r.predictions)
+                    spans.update(
+                        (r.batch_key, (r.first_index, r.n))
+                        for r in conn.execute(
+                            sa.select(pb.c.batch_key, pb.c.first_index, pb.c.n).where(
+                                pb.c.batch_key.in_(keys)
+                            )
+                        )
+                    )
                     earlier.update(
                         (r.request_id, r.actual)
                         for r in conn.execute(
@@ -461,7 +467,10 @@ class LogStore:
                 "a label for one of these request ids arrived at the same time: send the request again"
             ) from None
         if observe is not None and fresh:
-            _observe_errors(observe, fresh, latest, split, spans, served)
+            try:
+                self._observe_errors(observe, [(*split[k], latest[k]) for k in fresh])
+            except Exception:  # noqa: BLE001 - the labels are committed: a metric must not turn that into a 5xx
+                logger.warning("live error metric not updated for %d labels", len(fresh), exc_info=True)
         return FeedbackResponse(
             accepted=len(known), unknown_request_ids=unknown, overwritten_request_ids=again
         )
