@@ -4,10 +4,13 @@ drive the platform through its published ports.
 1. smoke: MLflow's login (401 without it) and its UI and API with it, the champion exported and
    served, predict, feedback (with a bearer token), GET /predictions, trainer /model, a monitor check
    and its report page;
-2. restart the inference container: it comes back serving the same model version with its
+2. observability: the `observability` profile added to the running stack; Prometheus loads its alert
+   rules, scrapes all four services (MLflow through its login) and holds the smoke's figures
+   (predictions, live MAE from the feedback, the champion version);
+3. restart the inference container: it comes back serving the same model version with its
    prediction log intact (rows counted through GET /predictions before and after);
-3. the closed loop (tests/e2e/test_loop.py) against the containers (skip with --no-loop);
-4. the store switch (skip with --no-switch): the running SQLite platform is brought up again with the
+4. the closed loop (tests/e2e/test_loop.py) against the containers (skip with --no-loop);
+5. the store switch (skip with --no-switch): the running SQLite platform is brought up again with the
    PostgreSQL profile, volumes kept, as a user would by editing .env. MLflow comes back on an empty
    registry while MODEL_DIR still holds the old champion's export; the trainer must withdraw that
    export and train the new registry's first champion, and inference must end up serving exactly that
@@ -44,8 +47,17 @@ from gradeflow_testkit.loop import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
 SERVICES = ["mlflow", "trainer", "inference", "monitor"]
+ALERTS = {
+    "GradeflowDataDrift",
+    "GradeflowPerformanceDegraded",
+    "GradeflowRolloutRolledBack",
+    "GradeflowInference5xxRate",
+    "GradeflowInferenceP99Latency",
+    "GradeflowTargetDown",
+}
 IMAGE_PREFIX = "gradeflow-compose-test"
 MLFLOW_USER = "admin"
+SMOKE_ROWS = 250
 T0 = time.monotonic()
 
 
@@ -159,7 +171,7 @@ def smoke(urls: dict[str, str], token: str, mlflow_password: str) -> int:
         log(f"inference serves version {version}; trainer champion: {champion.json().get('version')}")
         assert int(champion.json()["version"]) == version
 
-        df = synth.generate(250, seed=5)
+        df = synth.generate(SMOKE_ROWS, seed=5)
         records = to_records(df.drop(columns=[synth.TARGET]))
         one = inf.post("/predict", json=records[0])
         assert one.status_code == 200, one.text
@@ -211,6 +223,44 @@ def smoke(urls: dict[str, str], token: str, mlflow_password: str) -> int:
         summary.json()
         log(f"monitor: run {run_id} listed in /reports; drift report page {len(page.content)} bytes; JSON ok")
         return version
+
+
+def check_observability(compose: Compose, url: str, version: int, rows: int) -> None:
+    """Bring Prometheus up next to the running stack (profile observability) and read, through its HTTP
+    API, that the rules are loaded, every target is up and the smoke's figures arrived."""
+    compose.run("up", "-d", "--wait", "--wait-timeout", "120", "prometheus")
+    with httpx.Client(base_url=url, timeout=10) as prom:
+        rules = prom.get("/api/v1/rules").json()["data"]["groups"]
+        loaded = {r["name"] for g in rules for r in g["rules"]}
+        assert loaded >= ALERTS, f"alert rules loaded: {sorted(loaded)}"
+
+        def targets_up() -> dict[str, str] | None:
+            active = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
+            health = {t["labels"]["job"]: t["health"] for t in active}
+            return health if health == dict.fromkeys(SERVICES, "up") else None
+
+        def scalar(query: str) -> float | None:
+            result = prom.get("/api/v1/query", params={"query": query}).json()["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+
+        health = wait_for("every Prometheus target up", targets_up, 60, interval=2)
+        figures = {
+            "predicted records": "sum(inference_predictions_total)",
+            "labels in the live MAE": "sum(inference_live_abs_error_count)",
+            "champion version": "max(gradeflow_trainer_champion_version)",
+            "MLflow requests": "sum(mlflow_http_request_total)",
+        }
+        got = wait_for(
+            "the smoke's figures in Prometheus",
+            lambda: (lambda v: v if None not in v.values() else None)(
+                {k: scalar(q) for k, q in figures.items()}
+            ),
+            60,
+            interval=2,
+        )
+        assert got["predicted records"] >= rows and got["labels in the live MAE"] >= rows, got
+        assert got["champion version"] == version, got
+        log(f"prometheus: {len(loaded)} rules, targets {health}; figures {got}")
 
 
 def check_postgres_stores(compose: Compose) -> None:
@@ -354,7 +404,7 @@ def main() -> int:
 
     token = secrets.token_urlsafe(24)
     mlflow_password = secrets.token_urlsafe(24)
-    ports = {svc: free_port() for svc in [*SERVICES, "postgres"]}
+    ports = {svc: free_port() for svc in [*SERVICES, "postgres", "prometheus"]}
     project = f"gradeflow-test-{os.getpid()}"
     env: dict[str, Any] = {
         "COMPOSE_PROJECT_NAME": project,
@@ -371,6 +421,7 @@ def main() -> int:
         "INFERENCE_HOST_PORT": ports["inference"],
         "MONITOR_HOST_PORT": ports["monitor"],
         "POSTGRES_HOST_PORT": ports["postgres"],
+        "PROMETHEUS_HOST_PORT": ports["prometheus"],
     }
     if args.postgres:
         env.update(postgres_env(secrets.token_hex(12)))
@@ -378,7 +429,7 @@ def main() -> int:
     env_file = Path(tempfile.mkstemp(prefix="gradeflow-compose-", suffix=".env")[1])
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     compose = Compose(project, env_file, ["postgres"] if args.postgres else [], env)
-    urls = {svc: f"http://127.0.0.1:{ports[svc]}" for svc in SERVICES}
+    urls = {svc: f"http://127.0.0.1:{ports[svc]}" for svc in [*SERVICES, "prometheus"]}
 
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -389,8 +440,9 @@ def main() -> int:
     try:
         if not args.no_build:
             t = time.monotonic()
-            # the switch needs the postgres image too: build it with the others
-            (Compose(project, env_file, ["postgres"], env) if switch else compose).run("build")
+            # the switch needs the postgres image too, the observability check the prometheus one
+            profiles = ["observability", *(["postgres"] if switch or args.postgres else [])]
+            Compose(project, env_file, profiles, env).run("build")
             timings["build"] = time.monotonic() - t
             log(f"images built in {timings['build']:.0f}s")
         t = time.monotonic()
@@ -401,8 +453,13 @@ def main() -> int:
         compose.run("ps")
 
         t = time.monotonic()
-        smoke(urls, token, mlflow_password)
+        version = smoke(urls, token, mlflow_password)
         timings["smoke"] = time.monotonic() - t
+        t = time.monotonic()
+        check_observability(
+            Compose(project, env_file, ["observability"], env), urls["prometheus"], version, SMOKE_ROWS
+        )
+        timings["observability"] = time.monotonic() - t
         if args.postgres:
             check_postgres_stores(compose)
         t = time.monotonic()
@@ -454,8 +511,8 @@ def main() -> int:
             log(f"--keep: left running; stop with: {' '.join(compose.base)} down -v")
         else:
             t = time.monotonic()
-            # with the postgres profile, so that its container and volume go too
-            down = Compose(project, env_file, ["postgres"], env)
+            # with every profile, so that their containers and volumes go too
+            down = Compose(project, env_file, ["postgres", "observability"], env)
             down.run("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
             timings["down -v"] = time.monotonic() - t
             env_file.unlink(missing_ok=True)

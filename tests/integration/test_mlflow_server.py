@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit import prom
 from gradeflow_testkit.servers import free_port
 from gradeflow_testkit.services import start_mlflow
 
@@ -152,6 +153,30 @@ def test_basic_auth_guards_the_registry(auth_server: ServiceProcess) -> None:
     assert ok.status_code == 200, ok.text[:300]
     # the Host allow list still applies behind the login
     assert _search_auth(url, "evil.example:5000").status_code == 403
+
+
+def test_prometheus_metrics_behind_the_host_check_and_the_login(
+    mlflow_server: ServiceProcess, auth_server: ServiceProcess
+) -> None:
+    """``--expose-prometheus``: /metrics counts the server's requests; it is no way around the Host
+    check, nor (auth on) around the login, and stale files of earlier processes were cleared at start."""
+    url = mlflow_server.url  # type: ignore[attr-defined]
+    before = prom.value(
+        httpx.get(url + "/metrics", timeout=10).text, "mlflow_http_request_total", status="200"
+    )
+    for _ in range(3):
+        assert _search(url, "mlflow:5000").status_code == 200
+    text = httpx.get(url + "/metrics", headers={"Host": "mlflow:5000"}, timeout=10).text
+    after = prom.value(text, "mlflow_http_request_total", status="200")
+    assert after is not None and after >= (before or 0) + 3, (before, after)
+    assert httpx.get(url + "/metrics", headers={"Host": "evil.example"}, timeout=10).status_code == 403
+    data_dir = Path(mlflow_server.env["DATA_DIR"])
+    assert list((data_dir / "mlflow" / "prometheus").glob("*.db"))  # the exporter's per-process files
+
+    url = auth_server.url  # type: ignore[attr-defined]
+    assert httpx.get(url + "/metrics", timeout=10).status_code == 401
+    ok = httpx.get(url + "/metrics", auth=("admin", PASSWORD), headers={"Host": "mlflow:5000"}, timeout=10)
+    assert ok.status_code == 200 and "mlflow_http_request_duration_seconds" in ok.text
 
 
 def _search_auth(url: str, host: str) -> httpx.Response:

@@ -79,8 +79,8 @@ def test_model_health_metrics_docs(client: TestClient, fitted: exports.Fitted) -
     assert client.get("/ready").status_code == 200
     text = client.get("/metrics").text
     for needle in (
-        'inference_requests_total{method="POST",route="/predict",status="200"}',
-        'inference_predictions_total{model_version="1"} 1.0',
+        'inference_requests_total{arm="champion",method="POST",model_version="1",route="/predict",status="200"}',
+        'inference_predictions_total{arm="champion",model_version="1"} 1.0',
         "inference_request_latency_seconds_bucket",
         'inference_model_reloads_total{result="loaded"}',
         "inference_log_queue_depth",

@@ -112,3 +112,13 @@ def test_admin_password_follows_the_setting(monkeypatch: pytest.MonkeyPatch, tmp
     assert store.authenticate_user("admin", PASSWORD, use_primary=True)
     assert not store.authenticate_user("admin", "the-old-password-123", use_primary=True)
     store.engine.dispose()
+
+
+def test_prometheus_exporter_on_with_a_fresh_folder(tmp_path: Path) -> None:
+    cmd = srv.server_command()
+    folder = Path(cmd[cmd.index("--expose-prometheus") + 1])
+    assert folder == tmp_path / "mlflow" / "prometheus"
+    folder.mkdir(parents=True)
+    (folder / "counter_4242.db").write_bytes(b"counts of a process long gone")
+    assert srv.reset_prometheus_dir(get_settings()) == folder
+    assert folder.is_dir() and not list(folder.iterdir())

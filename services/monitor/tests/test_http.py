@@ -17,6 +17,7 @@ from gradeflow_monitor.config import MonitorSettings
 from gradeflow_shared import synth
 from gradeflow_shared.errors import ConfigError
 from gradeflow_shared.procs import ServiceProcess, bin_path
+from gradeflow_testkit import prom
 from gradeflow_testkit.loop import wait_for
 from gradeflow_testkit.monitor_peers import ADMIN_TOKEN, monitor_settings, simple_export
 from gradeflow_testkit.servers import ThreadServer, free_port
@@ -79,6 +80,13 @@ def test_routes_with_real_export_and_http_peers(
         assert "gradeflow_monitor_retrains_triggered_total 1.0" in metrics
         assert 'gradeflow_monitor_retrains_skipped_total{reason="in_flight"} 1.0' in metrics
         assert "gradeflow_monitor_window_mae" in metrics
+        # the verdicts alert rules read: the last check's gauges and the count of checks per verdict
+        assert prom.value(metrics, "gradeflow_monitor_dataset_drift") == 1
+        assert prom.value(metrics, "gradeflow_monitor_degraded") == float(v2["degraded"])
+        assert prom.value(metrics, "gradeflow_monitor_verdicts_total", verdict="drift") == 2
+        assert prom.value(metrics, "gradeflow_monitor_verdicts_total", verdict="degraded") == sum(
+            float(x["degraded"]) for x in (v, v2)
+        )
 
 
 def test_monitor_refuses_to_start_with_a_weak_admin_token(

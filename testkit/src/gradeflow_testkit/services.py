@@ -34,6 +34,24 @@ def pg_problem() -> str | None:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}: {str(exc)[:200]}"
 
 
+def docker_problem() -> str | None:
+    """Why no container can be run here (no docker CLI, or no engine answering), or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    try:
+        r = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"docker info failed: {exc}"
+    if r.returncode != 0:
+        return f"no Docker engine answers: {r.stderr.decode(errors='replace').strip()[:200]}"
+    return None
+
+
 def start_mlflow(tmp: Path, backend: str | None = None, **extra: str) -> ServiceProcess:
     """A real ``gradeflow-mlflow`` on a free port (``.url`` set), healthy when this returns; ``extra`` adds
     environment variables."""

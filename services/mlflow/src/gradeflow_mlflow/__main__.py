@@ -10,7 +10,9 @@ Posture: browser calls from other origins are refused (CORS limited to the UI's 
 telemetry is off, MLflow's server-side job runner (GenAI jobs, not used here) is not started,
 and with ``MLFLOW_AUTH=basic`` (the default in production) the server is MLflow's basic-auth app:
 every UI and API call needs the MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD login.
-The process execs into mlflow, so signals reach it.
+Prometheus metrics are on (``--expose-prometheus``: MLflow's prometheus_flask_exporter, requests and
+latencies at ``/metrics``); ``/metrics`` passes the same Host check and, with auth on, needs the same
+login. The process execs into mlflow, so signals reach it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 # its cache is on: a training run makes hundreds of calls. A cached login stays valid this long in
 # a worker; the password itself changes only at a restart (sync_admin_password), which empties it.
 AUTH_CACHE_TTL_SECONDS = 60
+PROMETHEUS_DIR = "prometheus"  # in DATA_DIR/mlflow: the exporter's per-process files (multiprocess mode)
 
 
 def server_command(
@@ -69,10 +72,21 @@ def server_command(
         artifacts or s.artifacts_destination(),
         "--workers",
         str(s.mlflow_workers),
+        "--expose-prometheus",
+        str(s.service_dir("mlflow") / PROMETHEUS_DIR),
     ]
     if s.auth_enabled():
         cmd += ["--app-name", "basic-auth"]
     return cmd
+
+
+def reset_prometheus_dir(s: MlflowSettings) -> Path:
+    """Empty the exporter's folder before the server starts: its files are per process id, and those
+    of processes gone (an earlier start) would otherwise keep adding their old counts to /metrics."""
+    folder = s.service_dir("mlflow") / PROMETHEUS_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def check_settings(s: MlflowSettings) -> None:
@@ -192,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if healthcheck(args.port) else 1)
     check_settings(s)
     cmd = server_command(port=args.port)
+    reset_prometheus_dir(s)
     if s.auth_enabled():
         write_auth_config(s)
         sync_admin_password(s)

@@ -46,6 +46,15 @@ class MonitorMetrics:
         self.degraded = Gauge(
             "gradeflow_monitor_degraded", "1 if the last check found degradation", registry=r
         )
+        self.verdicts = Counter(
+            "gradeflow_monitor_verdicts",
+            "Checks that found dataset drift (verdict=drift) or degradation on labelled rows "
+            "(verdict=degraded); increase() over a window catches a verdict that a later check cleared",
+            ["verdict"],
+            registry=r,
+        )
+        for verdict in ("drift", "degraded"):
+            self.verdicts.labels(verdict=verdict)
         self.retrains_triggered = Counter(
             "gradeflow_monitor_retrains_triggered", "Retrains triggered", registry=r
         )
@@ -72,6 +81,10 @@ class MonitorMetrics:
             self.drift_share.set(run.drift_share)
         self.dataset_drift.set(1 if run.dataset_drift else 0)
         self.degraded.set(1 if run.degraded else 0)
+        if run.dataset_drift:
+            self.verdicts.labels(verdict="drift").inc()
+        if run.degraded:
+            self.verdicts.labels(verdict="degraded").inc()
         if run.mae is not None:
             self.window_mae.set(run.mae)
         if run.rmse is not None:

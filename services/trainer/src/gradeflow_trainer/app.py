@@ -23,6 +23,7 @@ from . import promotion as pr
 from . import routes, service
 from .config import TrainerSettings, get_settings
 from .jobs import JobRunner, TrainFn
+from .metrics import TrainerMetrics
 from .progress import Progress
 from .registry import Registry
 
@@ -96,9 +97,17 @@ def create_app(
     def real_train(request: RetrainRequest, progress: Progress) -> TrainResult:
         return service.train_once(settings, request, progress, registry=registry)
 
+    metrics = TrainerMetrics(
+        settings, active=lambda: app.state.runner.active() if hasattr(app.state, "runner") else None
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runner = JobRunner(train_fn or real_train, state_file=settings.service_dir("trainer") / "jobs.json")
+        runner = JobRunner(
+            train_fn or real_train,
+            state_file=settings.service_dir("trainer") / "jobs.json",
+            on_finish=metrics.on_job_finished,
+        )
         runner.start()
         app.state.runner = runner
         stop = threading.Event()
@@ -121,6 +130,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.registry = registry
     app.state.own_training = train_fn is None  # POST /retrain probes the registry only for the real one
     install_error_handlers(app)

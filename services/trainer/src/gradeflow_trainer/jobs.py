@@ -49,8 +49,14 @@ def _now() -> datetime:
 class JobRunner:
     """Runs ``train_fn(request, progress)`` jobs one at a time on a worker thread."""
 
-    def __init__(self, train_fn: TrainFn, state_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        train_fn: TrainFn,
+        state_file: Path | None = None,
+        on_finish: Callable[[Job], None] | None = None,
+    ) -> None:
         self._train_fn = train_fn
+        self._on_finish = on_finish  # told of every job that ends here (the trainer's /metrics)
         self._state_file = state_file
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -210,6 +216,8 @@ class JobRunner:
                 j.progress = 1.0
                 j.stage = "done"
             self._save()
+            if self._on_finish is not None:  # before the waiters wake: they see the job counted
+                self._on_finish(j.model_copy())
             self._wake.notify_all()
 
     # ------------------------------------------------------------ persistence

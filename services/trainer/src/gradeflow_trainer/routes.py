@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -227,3 +228,17 @@ def history(settings: Settings) -> list[PromotionEvent]:
 )
 def model(settings: Settings, registry: RegistryDep) -> dict[str, Any]:
     return service.champion_info(settings, registry=registry)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    description="Jobs by outcome and their durations, champion changes by action (from the promotion "
+    "history), the champion version and the jobs in flight. Never calls MLflow.",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,6 +38,9 @@ class LogBatch(NamedTuple):
     predictions: Sequence[float]  # n values
     latency_ms: float
     n: int
+
+
+ErrorObserver = Callable[[int, list[float]], None]  # (model version, |prediction - label| of each label)
 
 
 class LogUnavailable(GradeflowError):
@@ -387,12 +390,45 @@ class LogStore:
         items.sort(key=lambda x: x.id)
         return items
 
-    def add_feedback(self, items: Sequence[FeedbackItem], overwrite: bool = False) -> FeedbackResponse:
+    def _observe_errors(self, observe: ErrorObserver, labels: list[tuple[str, int, float]]) -> None:
+        """Hand ``observe`` the absolute error of each newly stored label ((batch key, index, label)), by the
+        model version that predicted. Read after the commit, outside the write transaction,
+        a few batches' predictions at a time (a batch holds up to MAX_BATCH_RECORDS of them): bounded memory."""
+        import sqlalchemy as sa
+
+        from ..db import prediction_batches as pb
+
+        by_batch: dict[str, list[tuple[int, float]]] = {}
+        for key, idx, actual in labels:
+            by_batch.setdefault(key, []).append((idx, actual))
+        keys = list(by_batch)
+        by_version: dict[int, list[float]] = {}
+        with self.require().connect() as conn:
+            for i in range(0, len(keys), 20):
+                rows = conn.execute(
+                    sa.select(pb.c.batch_key, pb.c.first_index, pb.c.model_version, pb.c.predictions).where(
+                        pb.c.batch_key.in_(keys[i : i + 20])
+                    )
+                )
+                for r in rows:
+                    preds = orjson.loads(r.predictions)
+                    errors = by_version.setdefault(r.model_version, [])
+                    errors += (
+                        abs(preds[idx - r.first_index] - actual) for idx, actual in by_batch[r.batch_key]
+                    )
+        for version, errors in by_version.items():
+            observe(version, errors)
+
+    def add_feedback(
+        self, items: Sequence[FeedbackItem], overwrite: bool = False, observe: ErrorObserver | None = None
+    ) -> FeedbackResponse:
         """Store the true outcomes of logged predictions; report (and do not store) unknown request ids.
 
         A prediction that already has a label: Conflict (409, nothing stored) unless ``overwrite``; then the
         earlier value goes to ``feedback_audit``. ``items`` hold each request id once. Read through
-        ``LogWriter.flushed_store()`` so that predictions still queued count as logged.
+        ``LogWriter.flushed_store()`` so that predictions still queued count as logged. After the commit,
+        ``observe(model_version, abs_errors)`` receives the error of every first label by the version that
+        predicted (the live MAE of ``/metrics``; a corrected label is not counted twice).
         """
         import sqlalchemy as sa
 
@@ -470,6 +506,11 @@ class LogStore:
             raise Conflict(
                 "a label for one of these request ids arrived at the same time: send the request again"
             ) from None
+        if observe is not None and fresh:
+            try:
+                self._observe_errors(observe, [(*split[k], latest[k]) for k in fresh])
+            except Exception:  # noqa: BLE001 - the labels are committed: a metric must not turn that into a 5xx
+                logger.warning("live error metric not updated for %d labels", len(fresh), exc_info=True)
         return FeedbackResponse(
             accepted=len(known), unknown_request_ids=unknown, overwritten_request_ids=again
         )

@@ -63,7 +63,9 @@ def post_feedback(
 ) -> FeedbackResponse:
     model = state.manager.current
     check_feedback(body, model.manifest if model is not None else None)
-    return state.log.flushed_store().add_feedback(body.items, overwrite=body.overwrite)
+    return state.log.flushed_store().add_feedback(
+        body.items, overwrite=body.overwrite, observe=state.metrics.observe_errors
+    )
 
 
 @router.get(

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from gradeflow_shared.contracts import PredictResponse
 
+from ...metrics import CHAMPION, SERVED
 from ...model import LoadedModel
 from ...openapi import error_responses
 from ...predlog.ids import new_batch_key
@@ -48,6 +49,8 @@ async def predict(request: Request) -> Response:
     model = state.manager.current  # one read of the reference: this request uses this model throughout
     if model is None:
         raise state.no_model()
+    version = model.manifest.version
+    request.scope[SERVED] = (version, CHAMPION)  # the middleware counts this request under this version
     body = await request.body()
     records, batch = parse_body(body, model.validator.names, state.max_records)
     if len(records) <= INLINE_MAX_RECORDS:
@@ -55,7 +58,6 @@ async def predict(request: Request) -> Response:
     else:
         loop = asyncio.get_running_loop()
         b, preds = await loop.run_in_executor(state.executor, run_predict, model, records, batch)
-    version = model.manifest.version
     key = new_batch_key()
     latency_ms = (time.perf_counter() - t0) * 1000.0
     if state.log_enabled:
@@ -67,7 +69,7 @@ async def predict(request: Request) -> Response:
         else:
             state.log.submit(entry)
     m = state.metrics
-    m.predictions.labels(str(version)).inc(b.n)
+    m.predicted(version).inc(b.n)
     if b.unseen:
         for feat, cnt in b.unseen.items():
             m.unseen.labels(feat).inc(cnt)
