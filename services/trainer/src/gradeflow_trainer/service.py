@@ -6,13 +6,15 @@
    split (base holdout; the most recent production rows held out for the gate) -> ``TrainingData``;
 2. ``fit_candidate``: fit, evaluate on every evaluation set (MAE, RMSE, R2, naive baseline),
    then (REFIT_ON_ALL_ROWS) refit the same mix, family and hyper-parameters on the training rows +
-   the recent labelled holdout -> ``Candidate`` (the refit is registered, exported and served; the
-   metrics, the gate's per-row predictions and the monitor's baseline are those of the fit before);
+   the recent labelled holdout (+ the base holdout, REFIT_ON_BASE_HOLDOUT) -> ``Candidate`` (the refit
+   is registered, exported and served; the metrics, the gate's per-row predictions and the monitor's
+   baseline are those of the fit before);
 3. ``register_candidate``: log the run (params, metrics, inputs, plots, export artifacts) and
    register the model as a new version -> ``registry.Registered``;
 4. ``decide_and_publish``: approval gate (``gate.decide``) against the champion evaluated on
    the SAME data (on the recent labelled rows both models' per-row predictions, for the paired
-   evidence) -> decision tags on the version -> on promotion the champion change as one
+   evidence; on the base holdout, for a champion refitted on it, its error recorded before that refit:
+   ``gate.champion_base``) -> decision tags on the version -> on promotion the champion change as one
    transaction (``promotion.publish``: intent, staged export, alias, ONE promotion event,
    ``current``, champion marker) -> the decision on the run.
 
@@ -302,7 +304,8 @@ def training_data(
         y_refit=refit[1] if refit else None,
         refit_weights=refit[2] if refit else None,
         refit_base_rows=len(Xb_fit),
-        refit_base_holdout=refit is not None and with_holdout,
+        # a production-only refit never sees base rows (its reference above still holds them all)
+        refit_base_holdout=refit is not None and with_holdout and kind != "production_only",
     )
 
 
