@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gradeflow_shared import manifest as mf
-from gradeflow_shared.contracts import RetrainRequest
+from gradeflow_shared.contracts import RetrainRequest, TrainResult
 from gradeflow_shared.synth import COLUMNS, TARGET, generate
 from gradeflow_trainer import gate, mix, service
 from gradeflow_trainer import pipeline as P
@@ -97,7 +97,7 @@ def test_the_registered_and_exported_model_is_the_refit_the_gate_and_baseline_ar
 ) -> None:
     reg = InMemoryRegistry()
     r1 = service.train_once(settings, RetrainRequest(reason="first"), registry=reg)
-    assert "refit" not in r1.rows  # base data only: nothing to add (the base holdout stays out)
+    assert "refit" not in r1.rows  # base data only: no production row to add, no refit
     assert reg.runs[r1.run_id].record.params["refit"] is False
     monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: labelled())
     r2 = service.train_once(settings, RetrainRequest(reason="drift"), registry=reg)
@@ -136,16 +136,26 @@ def _live_base_rmse(reg: InMemoryRegistry, version: int, data: service.TrainingD
     return P.evaluate(reg.model_versions[version].pipeline, data.X_test, data.y_test)["rmse"]
 
 
-def test_a_champion_refitted_on_the_base_holdout_is_judged_by_its_error_recorded_before_the_refit(
+def _promoted_retrain(
     settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[InMemoryRegistry, TrainResult, gate.BaseHoldout]:
+    """A first model on the base data, then a retrain with labelled rows promoted over it: the registry,
+    the retrain's result and its version's base-holdout record."""
     reg = InMemoryRegistry()
     service.train_once(settings, RetrainRequest(reason="first"), registry=reg)
     monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: labelled())
     r2 = service.train_once(settings, RetrainRequest(reason="drift"), registry=reg)
-    assert r2.decision.promoted and reg.champion_version() == r2.version
+    assert r2.decision.promoted and reg.champion_version() == r2.version, r2.decision.reason
     record = gate.BaseHoldout.from_json(reg.version(r2.version).tags[gate.BASE_HOLDOUT_TAG])
-    assert record is not None and record.trained_on and record.rows == r2.rows["test"]
+    assert record is not None and record.rows == r2.rows["test"]
+    return reg, r2, record
+
+
+def test_a_champion_refitted_on_the_base_holdout_is_judged_by_its_error_recorded_before_the_refit(
+    settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, r2, record = _promoted_retrain(settings, monkeypatch)
+    assert record.trained_on
     assert reg.runs[r2.run_id].record.params["refit_base_holdout"] is True
     # the record is the evaluated fit's base-holdout error; the served refit has seen those rows
     data, _ = candidate(settings)
@@ -164,11 +174,8 @@ def test_a_champion_refitted_on_the_base_holdout_is_judged_by_its_error_recorded
 def test_a_champion_refitted_on_another_base_holdout_has_no_base_holdout_error(
     settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reg = InMemoryRegistry()
-    service.train_once(settings, RetrainRequest(reason="first"), registry=reg)
-    monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: labelled())
-    r2 = service.train_once(settings, RetrainRequest(reason="drift"), registry=reg)
-    assert r2.decision.promoted
+    reg, _, record = _promoted_retrain(settings, monkeypatch)
+    assert record.trained_on
     other = settings.model_copy(update={"test_size": 0.25})  # another split: other base-holdout rows
     monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: None)  # base holdout decides
     d = service.train_once(other, RetrainRequest(reason="new split"), registry=reg).decision
@@ -180,12 +187,8 @@ def test_without_the_base_holdout_in_the_refit_the_champion_is_evaluated_there(
     settings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     off = settings.model_copy(update={"refit_on_base_holdout": False})
-    reg = InMemoryRegistry()
-    service.train_once(off, RetrainRequest(reason="first"), registry=reg)
-    monkeypatch.setattr(service, "pull_labelled", lambda *a, **k: labelled())
-    r2 = service.train_once(off, RetrainRequest(reason="drift"), registry=reg)
-    record = gate.BaseHoldout.from_json(reg.version(r2.version).tags[gate.BASE_HOLDOUT_TAG])
-    assert record is not None and not record.trained_on
+    reg, r2, record = _promoted_retrain(off, monkeypatch)
+    assert not record.trained_on
     d = service.train_once(off, RetrainRequest(reason="again"), registry=reg).decision
     data, _ = candidate(off)
     assert d.champion["base_holdout_rmse"] == pytest.approx(_live_base_rmse(reg, r2.version, data))
