@@ -13,8 +13,9 @@ dataset, the target population arrives in production. For each scenario and spli
 3. "platform": the same stages with the labelled target rows as the labelled production rows,
    in arrival order (the most recent PRODUCTION_HOLDOUT share held out for the gate, the training
    mix chosen by ``mix.choose``, then the normal fit, evaluated on the holdouts, then refit with the
-   same mix, family and hyper-parameters on the training rows + the gate's recent holdout when
-   REFIT_ON_ALL_ROWS is on, the default): the retrained challenger as registered and served; the
+   same mix, family and hyper-parameters on the training rows + the gate's recent holdout (+ the base
+   holdout with REFIT_ON_BASE_HOLDOUT) when REFIT_ON_ALL_ROWS is on, the defaults): the retrained
+   challenger as registered and served; the
    gate (``service.champion_evidence`` + ``service.verdict``, the service's code) judges its
    pre-refit fit against the old model on the recent holdout, as the service would;
 4. references a careful analyst would fit, given everything the platform was given: a 300-tree
@@ -41,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gradeflow_shared.contracts import GateDecision
 from gradeflow_shared.datasets import load_dataset, load_spec
 from gradeflow_trainer import pipeline as P
 from gradeflow_trainer import service
@@ -57,7 +59,23 @@ SCENARIOS: dict[str, tuple[str, str, str, str]] = {
     "uci-mat:address": ("uci-mat", "address", "U", "R"),
 }
 MODELS = ("old", "platform", "rf_base_labelled", "rf_labelled_only")
-GATE_SHORT = {True: "promote", False: "keep"}
+# why the gate kept the champion, from its reason (gate.py words them)
+KEEP_WHY = (
+    ("not enough evidence", "too few rows"),
+    ("inconclusive", "inconclusive"),
+    ("not better", "not better"),
+    ("below the required", "gain < margin"),
+    ("worse on the base holdout", "base guard"),
+)
+
+
+def gate_word(decision: GateDecision) -> str:
+    """The gate's decision in a table cell: promote / keep, why, the recent rows and labels_needed."""
+    if decision.promoted:
+        return f"promote (n={decision.rows})"
+    why = next((w for key, w in KEEP_WHY if key in decision.reason), "other")
+    needs = f", needs {decision.labels_needed} more labels" if decision.labels_needed else ""
+    return f"keep: {why} (n={decision.rows}{needs})"
 
 
 @dataclass
@@ -68,7 +86,7 @@ class Outcome:
     mix: str
     rows: dict[str, int]
     seconds: float
-    gate: str  # "promote" / "keep (<method>)"
+    gate: str  # "promote (n=..)" / "keep: <why> (n=.., needs .. more labels)"
     gate_reason: str
 
 
@@ -101,17 +119,12 @@ def run(name: str, seed: int, settings: TrainerSettings, label_share: float) -> 
     secs = time.monotonic() - t0
     champ_metrics, paired = service.champion_evidence(new, new_data.eval_sets(), old.pipeline)
     decision = service.verdict(settings, 2, new, 1, champ_metrics, paired)
-    gate_word = GATE_SHORT[decision.promoted] + (
-        f" (n={decision.rows}, needs {decision.labels_needed} more labels)"
-        if decision.labels_needed
-        else f" (n={decision.rows})"
-    )
     rf_both = _rf300(
         pd.concat([Xs, X_lab], ignore_index=True), pd.concat([ys, y_lab], ignore_index=True), columns
     )
     rf_lab = _rf300(X_lab, y_lab, columns)
-    # for context, not a goal: the rows of the platform's served model (its refit: base training rows + every
-    # labelled row; without the refit, its training rows); the base holdout is never trained on
+    # for context, not a goal: the rows of the platform's served model (its refit: base training rows, + the base
+    # holdout with REFIT_ON_BASE_HOLDOUT, + every labelled row; without the refit, its training rows)
     rf_same = _rf300(new_data.X_ref, new_data.y_ref, columns)
     mae = {
         "old": _mae(old.pipeline, X_out, y_out, columns),
@@ -130,7 +143,7 @@ def run(name: str, seed: int, settings: TrainerSettings, label_share: float) -> 
         "gate_holdout": new_data.rows.get("production_holdout", 0),
         "refit": new_data.rows.get("refit", 0) if new.refit is not None else 0,
     }
-    return Outcome(name, seed, mae, mix, rows, secs, gate_word, decision.reason)
+    return Outcome(name, seed, mae, mix, rows, secs, gate_word(decision), decision.reason)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -143,9 +156,10 @@ def table(outcomes: list[Outcome], scenarios: list[str]) -> list[str]:
     lines = [
         "| scenario (source -> target) | rows: source / labelled / held out | old model | platform retrained "
         "| RF-300 base + labelled | RF-300 labelled only | best reference | goal met (platform <= best ref) "
-        "| mixes chosen | gate vs old model (promotions / seeds) | context: platform before its refit "
-        "| context: RF-300 on the served model's rows (no base holdout) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mixes chosen | gate vs old model: promotions / seeds | seeds where the retrain is better than the old "
+        "model on the held-out rows | context: platform before its refit "
+        "| context: RF-300 on the served model's rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in scenarios:
         rs = [o for o in outcomes if o.scenario == name]
@@ -164,6 +178,7 @@ def table(outcomes: list[Outcome], scenarios: list[str]) -> list[str]:
             f"({stats['platform'][0] - stats[best][0]:+.3f}) | "
             + ", ".join(f"{k} x{v}" for k, v in mixes.most_common())
             + f" | {sum(o.gate.startswith('promote') for o in rs)} / {len(rs)}"
+            + f" | {sum(o.mae['platform'] < o.mae['old'] for o in rs)} / {len(rs)}"
             + " | {:.3f} ± {:.3f}".format(*_mean_se([o.mae["platform_no_refit"] for o in rs]))
             + " | {:.3f} ± {:.3f} |".format(*_mean_se([o.mae["rf_platform_rows"] for o in rs]))
         )
@@ -174,8 +189,8 @@ def per_seed(outcomes: list[Outcome]) -> list[str]:
     lines = [
         "| scenario | seed | old | platform | platform before refit | RF base + labelled | RF labelled only "
         "| RF on platform rows | mix chosen | production rows trained on / gate holdout / refit rows "
-        "| gate vs old | old + platform fit s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gate vs old (recent rows n, labels_needed) | retrain better than old on held-out rows | old + platform fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         m = o.mae
@@ -183,7 +198,8 @@ def per_seed(outcomes: list[Outcome]) -> list[str]:
             f"| {o.scenario} | {o.seed} | {m['old']:.3f} | {m['platform']:.3f} | {m['platform_no_refit']:.3f} | "
             f"{m['rf_base_labelled']:.3f} | {m['rf_labelled_only']:.3f} | {m['rf_platform_rows']:.3f} | {o.mix} | "
             f"{o.rows['platform_production_train']} / {o.rows['gate_holdout']} / {o.rows['refit'] or '-'} | "
-            f"{o.gate} | {o.seconds:.1f} |"
+            f"{o.gate} | {'yes' if m['platform'] < m['old'] else 'no'} ({m['platform'] - m['old']:+.3f}) | "
+            f"{o.seconds:.1f} |"
         )
     return lines
 
@@ -237,7 +253,8 @@ def main() -> None:
         f"TRAIN_SEARCH {'on' if args.search else 'off'}, every other trainer setting at its default "
         f"(PRODUCTION_HOLDOUT {settings.production_holdout}, PRODUCTION_MIN_ROWS {settings.production_min_rows}, "
         f"MIX_MIN_ROWS {settings.mix_min_rows}, REFIT_ON_ALL_ROWS {str(settings.refit_on_all_rows).lower()}, "
-        f"GATE_MIN_ROWS {settings.gate_min_rows}).",
+        f"REFIT_ON_BASE_HOLDOUT {str(settings.refit_on_base_holdout).lower()}, "
+        f"GATE_MIN_ROWS {settings.gate_min_rows}, GATE_CONFIDENCE {settings.gate_confidence}).",
         "",
         "What it does (see the docstring of `scripts/loop_benchmark.py`): the source population is the base "
         "dataset; the target rows arrive in a seeded random order, the first "
@@ -246,13 +263,16 @@ def main() -> None:
         "the same stages with the labelled target rows as labelled production rows (the newest "
         f"{settings.production_holdout:.0%} of them held out for the gate; training mix chosen by `mix.choose`; "
         "evaluated on the holdouts, then, with REFIT_ON_ALL_ROWS, refit with the same mix, family and "
-        "hyper-parameters on its training rows + the gate's recent holdout: the model registered and served; the "
-        "base holdout, 20 % of the source rows, stays out of the refit because it is the fixed evaluation set of "
-        "every later gate); the references get all source rows and all labelled rows. MAE on the held-out target "
-        "rows, mean ± standard error over the split seeds. *gate vs old model*: the service's gate "
-        "(`service.champion_evidence` + `service.verdict`: paired bootstrap on the recent holdout, GATE_MIN_ROWS) "
-        "judging the pre-refit challenger against the old model as champion; `keep (n=.., needs .. more labels)` "
-        "= not enough evidence yet.",
+        "hyper-parameters on its training rows + the gate's recent holdout + (REFIT_ON_BASE_HOLDOUT) the base "
+        "holdout, 20 % of the source rows: the model registered and served; a later gate uses the base-holdout "
+        "error recorded before that refit); the references get all source rows and all labelled rows. MAE on the "
+        "held-out target rows, mean ± standard error over the split seeds. *gate vs old model*: the service's "
+        "gate (`service.champion_evidence` + `service.verdict`: paired bootstrap on the recent holdout, "
+        "GATE_MIN_ROWS) judging the pre-refit challenger against the old model as champion; `keep: <why> (n=.., "
+        "needs .. more labels)`: why it kept the old model (`too few rows` < GATE_MIN_ROWS, `inconclusive` = the "
+        "interval reaches 0, `not better`, `gain < margin`, `base guard`), the recent rows it judged on and its "
+        "`labels_needed`. *retrain better than old on held-out rows*: whether the served retrain's MAE on the "
+        "held-out target rows is lower than the old model's: what a perfect gate would have known.",
         "",
         "## Summary (MAE, mean ± standard error over seeds)",
         "",

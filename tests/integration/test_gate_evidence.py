@@ -3,7 +3,8 @@
 
 Too few recent labelled rows keep the champion and the job result, the version's tags and the run's
 ``gate/decision.json`` say how many more labels are needed; enough rows of a clear gain promote,
-with the effect, its interval and both populations' errors recorded in the same three places."""
+with the effect, its interval and both populations' errors recorded in the same three places. The next
+gate judges that champion, refitted on the base holdout, there by its error recorded before the refit."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from fastapi.testclient import TestClient
 from gradeflow_shared.contracts import RetrainRequest
 from gradeflow_shared.procs import ServiceProcess
 from gradeflow_shared.synth import COLUMNS, TARGET, generate, synthetic_spec
+from gradeflow_trainer import gate, service
 from gradeflow_trainer import mlflow_io as mio
 from gradeflow_trainer import pipeline as P
-from gradeflow_trainer import service
 from gradeflow_trainer.app import create_app
 from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.jobs import JobRunner
@@ -131,3 +132,24 @@ def test_a_clear_gain_on_enough_rows_is_promoted_with_its_evidence(
     assert json.loads(tags["gate.errors"]) == errs
     assert logged["effect_low"] == d["effect_low"] and logged["errors"] == errs
     assert mio.champion_version(env.client, env.settings.model_name) == res["version"]
+
+
+def test_a_champion_refitted_on_the_base_holdout_is_judged_there_by_its_recorded_error(
+    env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = env.settings.model_name
+
+    def record(version: int) -> gate.BaseHoldout | None:
+        tags = dict(env.client.get_model_version(name, str(version)).tags)
+        return gate.BaseHoldout.from_json(tags.get(gate.BASE_HOLDOUT_TAG))
+
+    first = record(1)  # base data only: no refit, never trained on its base holdout
+    assert first is not None and not first.trained_on and first.rows == 240
+    champ = mio.champion_version(env.client, name)
+    assert champ is not None and champ > 1
+    promoted = record(champ)  # REFIT_ON_BASE_HOLDOUT (default): the served refit saw the base holdout
+    assert promoted is not None and promoted.trained_on and promoted.same_rows(first)
+    d = retrain_job(env, monkeypatch, labelled(600, seed=12))["result"]["decision"]
+    assert d["champion_version"] == champ
+    assert d["champion"]["base_holdout_rmse"] == pytest.approx(promoted.metrics["rmse"]), d["reason"]
+    assert f"champion v{champ} was refitted on the base holdout" in d["reason"], d["reason"]

@@ -263,8 +263,8 @@ def test_registry_failure_while_loading_the_champion_is_the_jobs_error(
 
     from gradeflow_shared.contracts import RetrainRequest
     from gradeflow_shared.synth import synthetic_spec
+    from gradeflow_trainer import gate, service
     from gradeflow_trainer import pipeline as P
-    from gradeflow_trainer import service
 
     spec = tmp_path / "synthetic.json"
     spec.write_text(synthetic_spec(rows=600, seed=0).model_dump_json())
@@ -275,7 +275,8 @@ def test_registry_failure_while_loading_the_champion_is_the_jobs_error(
     monkeypatch.setattr(service, "kept_export", lambda *a: None)  # the champion must come from MLflow
     with pytest.raises(UpstreamError, match="reading student-grade v1"):
         service.train_once(s, RetrainRequest(reason="second"), registry=reg)
-    assert reg.model_versions[2].tags == {}  # no verdict recorded on an error of the registry
+    tags = reg.model_versions[2].tags  # no verdict recorded on an error of the registry
+    assert not [k for k in tags if k.startswith("gate.")] and set(tags) == {gate.BASE_HOLDOUT_TAG}
 
 
 # ------------------------------------------------------------------ the settings really bound the client

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from gradeflow_trainer.gate import Paired, bootstrap_interval, decide
+from gradeflow_trainer.gate import BaseHoldout, Paired, bootstrap_interval, champion_base, decide
 
 
 def _rmse(e: np.ndarray) -> float:
@@ -151,3 +151,78 @@ def test_without_recent_rows_the_margin_rule_is_unchanged() -> None:
         "base_holdout": {"challenger_rmse": 1.0, "champion_rmse": 1.0}
     }
     assert not decide(base, dict(base), {}, margin=0.01).promoted
+
+
+def test_too_few_rows_and_a_gain_too_small_to_show_count_only_the_shortfall() -> None:
+    # two equally good models on 29 rows: the interval estimate alone would ask for ~100x the rows
+    p, chal, champ = case(29, champ_sd=3.0, chal_sd=3.0, corr=0.9, seed=2)
+    d = decide(chal, champ, {}, margin=0.0, paired=p, min_rows=30, champion_version=1, label_share=0.25)
+    assert not d.promoted and d.reason.startswith("not enough evidence"), d.reason
+    assert d.effect is not None and d.effect < 0 < (d.effect_high or 0)
+    assert d.labels_needed == 4 and "a gain this small would need more than 20x" in d.reason, d.reason
+
+
+HOLDOUT = BaseHoldout(fingerprint="f1", test_size=0.2, seed=0, rows=240)
+LIVE = {"base_holdout_rmse": 0.5, "base_holdout_mae": 0.4, "recent_labelled_rmse": 2.0}
+
+
+def test_a_champion_never_refitted_on_the_base_holdout_is_evaluated_there() -> None:
+    assert champion_base(LIVE, None, HOLDOUT, 3) == (LIVE, "")
+    kept_out = BaseHoldout("f1", 0.2, 0, 240, trained_on=False, metrics={"rmse": 1.0})
+    assert champion_base(LIVE, kept_out, HOLDOUT, 3) == (LIVE, "")
+
+
+def test_a_champion_refitted_on_this_base_holdout_gets_its_error_recorded_before_the_refit() -> None:
+    rec = BaseHoldout("f1", 0.2, 0, 240, trained_on=True, metrics={"rmse": 1.1, "mae": 0.9, "r2": 0.7})
+    got, note = champion_base(LIVE, rec, HOLDOUT, 3)
+    assert got == {
+        "base_holdout_rmse": 1.1,
+        "base_holdout_mae": 0.9,
+        "base_holdout_r2": 0.7,
+        "recent_labelled_rmse": 2.0,
+    }
+    assert "champion v3" in note and "before that refit" in note
+    # the recorded error decides a base-holdout-only retrain: 1.0 beats 1.1 (not the in-sample 0.5)
+    d = decide({"base_holdout_rmse": 1.0}, got, {}, margin=0.01, champion_version=3)
+    assert d.promoted and d.champion["base_holdout_rmse"] == 1.1, d.reason
+
+
+def test_a_champion_refitted_on_another_base_holdout_has_none_so_it_neither_decides_nor_guards() -> None:
+    rec = BaseHoldout("f0", 0.2, 0, 240, trained_on=True, metrics={"rmse": 1.1})  # other data
+    got, note = champion_base(LIVE, rec, HOLDOUT, 3)
+    assert got == {"recent_labelled_rmse": 2.0} and "neither decides nor guards" in note
+    d = decide({"base_holdout_rmse": 0.2}, got, {}, margin=0.01, champion_version=3)
+    assert not d.promoted and "no finite base_holdout_rmse" in d.reason, d.reason
+    # recent rows decide: no base holdout guard (a challenger far worse on the base holdout still passes)
+    p, chal, champ = case(300, champ_sd=1.0, chal_sd=0.6, seed=1)
+    d = decide(
+        {**chal, "base_holdout_rmse": 9.0},
+        {"recent_labelled_rmse": champ["recent_labelled_rmse"]},
+        {},
+        margin=0.01,
+        paired=p,
+        min_rows=100,
+        champion_version=3,
+    )
+    assert d.promoted and d.drifted is None and "trade-off" not in d.reason, d.reason
+    for other in (
+        BaseHoldout("f1", 0.25, 0, 240),
+        BaseHoldout("f1", 0.2, 1, 240),
+        BaseHoldout("f1", 0.2, 0, 200),
+    ):
+        changed = BaseHoldout(other.fingerprint, other.test_size, other.seed, other.rows, True, {"rmse": 1.1})
+        assert "base_holdout_rmse" not in champion_base(LIVE, changed, HOLDOUT, 3)[0]
+
+
+def test_the_base_holdout_record_round_trips_and_garbage_reads_as_none() -> None:
+    rec = BaseHoldout("f1", 0.2, 0, 240, trained_on=True, metrics={"rmse": 1.1, "mae": float("nan")})
+    assert BaseHoldout.from_json(rec.to_json()) == BaseHoldout("f1", 0.2, 0, 240, True, {"rmse": 1.1})
+    for raw in (
+        None,
+        "",
+        "not json",
+        "[]",
+        '{"fingerprint": "f1"}',
+        '{"fingerprint":"f","test_size":"x","seed":0,"rows":1,"trained_on":true}',
+    ):
+        assert BaseHoldout.from_json(raw) is None, raw

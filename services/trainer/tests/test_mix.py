@@ -199,7 +199,8 @@ def test_production_only_trains_on_production_rows_but_keeps_the_whole_reference
     assert len(data.X_train) == 210 and data.weights is None
     # REFIT_ON_ALL_ROWS: the refit is on all 300 production rows; the reference: every row of the served model
     assert data.X_refit is not None and len(data.X_refit) == 300 and data.refit_weights is None
-    assert len(data.X_ref) == len(X) - data.rows["test"] + 300
+    assert len(data.X_ref) == len(X) + 300  # REFIT_ON_BASE_HOLDOUT (default): the base holdout too
+    assert not data.refit_base_holdout  # but the production-only refit never saw it
     off = settings.model_copy(update={"refit_on_all_rows": False})
     data = service.training_data(off, spec, columns, X, y, labelled(300))
     assert (

@@ -158,8 +158,16 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="Validate, then refit (REFIT_ON_ALL_ROWS): after the candidate is evaluated on the holdouts "
         "(what the gate judges and the run reports), refit the same mix, model family and hyper-parameters (no "
         "new search) on the training rows plus the gate's recent labelled holdout, and register, export and "
-        "serve that refit. The base holdout stays out: it is the fixed evaluation set of every later gate. "
-        "false registers the model fitted on the training rows only.",
+        "serve that refit. The base holdout joins it only with REFIT_ON_BASE_HOLDOUT. false registers the model "
+        "fitted on the training rows only.",
+    )
+    refit_on_base_holdout: bool = Field(
+        default=True,
+        description="The refit of REFIT_ON_ALL_ROWS also takes the base holdout (REFIT_ON_BASE_HOLDOUT), so the "
+        "served model has seen every labelled row. The base holdout is the same rows in every retrain, so a "
+        "later gate never evaluates such a champion there: it uses the champion's base-holdout error recorded "
+        "before its refit (version tag gradeflow.base_holdout), and none when the holdout's rows changed "
+        "(another dataset, TEST_SIZE or SEED). false keeps the base holdout out of every fit.",
     )
 
     def effective_production_weight(self, base_rows: int, production_rows: int) -> int:

@@ -44,8 +44,9 @@ The rule (RMSE, lower is better; ``margin`` = PROMOTION_MIN_IMPROVEMENT):
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +71,93 @@ class Paired:
         return (np.asarray(self.challenger, dtype=float) - y) ** 2 - (
             np.asarray(self.champion, dtype=float) - y
         ) ** 2
+
+
+BASE_HOLDOUT_TAG = "gradeflow.base_holdout"  # version tag: the version's ``BaseHoldout`` as JSON
+_BASE_KEYS = ("rmse", "mae", "r2")
+
+
+@dataclass(frozen=True)
+class BaseHoldout:
+    """Which rows a version's base holdout was, whether the version was trained on them, and its error
+    there measured before that (REFIT_ON_BASE_HOLDOUT).
+
+    The base split is deterministic: the same data (fingerprint), TEST_SIZE and SEED give the same rows,
+    so an error recorded for one retrain's base holdout is an error on the next retrain's base holdout.
+    """
+
+    fingerprint: str
+    test_size: float
+    seed: int
+    rows: int
+    trained_on: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)  # rmse / mae / r2 of the fit before the refit
+
+    def same_rows(self, other: BaseHoldout) -> bool:
+        return (self.fingerprint, self.test_size, self.seed, self.rows) == (
+            other.fingerprint,
+            other.test_size,
+            other.seed,
+            other.rows,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "fingerprint": self.fingerprint,
+                "test_size": self.test_size,
+                "seed": self.seed,
+                "rows": self.rows,
+                "trained_on": self.trained_on,
+                "metrics": {k: v for k, v in self.metrics.items() if _finite(v)},
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> BaseHoldout | None:
+        """The record of a version tag; None when there is none or it is unreadable."""
+        if not raw:
+            return None
+        try:
+            d = json.loads(raw)
+            return cls(
+                fingerprint=str(d["fingerprint"]),
+                test_size=float(d["test_size"]),
+                seed=int(d["seed"]),
+                rows=int(d["rows"]),
+                trained_on=bool(d["trained_on"]),
+                metrics={str(k): float(v) for k, v in dict(d.get("metrics") or {}).items()},
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def champion_base(
+    live: dict[str, float], record: BaseHoldout | None, current: BaseHoldout, champion_version: int | None
+) -> tuple[dict[str, float], str]:
+    """The champion's metrics the gate may use on the base holdout, and what the reason should say.
+
+    A champion never trained on its base holdout (or recorded before the record existed) is evaluated
+    there as it is (``live``: those rows are out of its sample). One trained on it would be judged
+    in-sample, so its live base-holdout metrics are replaced by the ones recorded before its refit when
+    the current base holdout is the same rows, and dropped when it is not (the holdout may hold rows it
+    was trained on): the base holdout then neither decides nor guards, and the reason says so.
+    """
+    if record is None or not record.trained_on:
+        return live, ""
+    out = {k: v for k, v in live.items() if not k.startswith(f"{BASE}_")}
+    who = f"champion v{champion_version}"
+    if record.same_rows(current) and _finite(record.metrics.get("rmse")):
+        out.update({f"{BASE}_{k}": v for k, v in record.metrics.items() if k in _BASE_KEYS})
+        return out, (
+            f"{who} was refitted on the base holdout, so its base-holdout error is the one measured before "
+            "that refit"
+        )
+    return out, (
+        f"{who} was refitted on a base holdout that is not this one (dataset, TEST_SIZE or SEED changed): it "
+        "has no out-of-sample base-holdout error, so the base holdout neither decides nor guards"
+    )
 
 
 def _finite(x: float | None) -> bool:
@@ -272,12 +360,21 @@ def decide(
         if n < min_rows:
             short = min_rows - n
             more = labels_for_interval(n, mean, high) or 0
-            labels = math.ceil(max(short, more) / share)
+            # a gain this small is not worth waiting for: only the shortfall to GATE_MIN_ROWS is counted
+            small = more > PRACTICAL_EVIDENCE * n
+            recent = short if small else max(short, more)
+            labels = math.ceil(recent / share)
             evidence["labels_needed"] = labels
+            why = (
+                f" (at least: a gain this small would need more than {PRACTICAL_EVIDENCE}x the {n} rows seen "
+                "to show)"
+                if small
+                else ""
+            )
             return verdict(
                 False,
                 f"not enough evidence: {n} recent labelled rows < GATE_MIN_ROWS={min_rows}: needs "
-                f"{labels} more labelled rows ({max(short, more)} more in the recent holdout); {head}{tail}",
+                f"{labels} more labelled rows ({recent} more in the recent holdout){why}; {head}{tail}",
                 champion,
             )
         if imp < margin:

@@ -6,13 +6,15 @@
    split (base holdout; the most recent production rows held out for the gate) -> ``TrainingData``;
 2. ``fit_candidate``: fit, evaluate on every evaluation set (MAE, RMSE, R2, naive baseline),
    then (REFIT_ON_ALL_ROWS) refit the same mix, family and hyper-parameters on the training rows +
-   the recent labelled holdout -> ``Candidate`` (the refit is registered, exported and served; the
-   metrics, the gate's per-row predictions and the monitor's baseline are those of the fit before);
+   the recent labelled holdout (+ the base holdout, REFIT_ON_BASE_HOLDOUT) -> ``Candidate`` (the refit
+   is registered, exported and served; the metrics, the gate's per-row predictions and the monitor's
+   baseline are those of the fit before);
 3. ``register_candidate``: log the run (params, metrics, inputs, plots, export artifacts) and
    register the model as a new version -> ``registry.Registered``;
 4. ``decide_and_publish``: approval gate (``gate.decide``) against the champion evaluated on
    the SAME data (on the recent labelled rows both models' per-row predictions, for the paired
-   evidence) -> decision tags on the version -> on promotion the champion change as one
+   evidence; on the base holdout, for a champion refitted on it, its error recorded before that refit:
+   ``gate.champion_base``) -> decision tags on the version -> on promotion the champion change as one
    transaction (``promotion.publish``: intent, staged export, alias, ONE promotion event,
    ``current``, champion marker) -> the decision on the run.
 
@@ -165,12 +167,14 @@ class TrainingData:
     dropped: dict[str, int]  # labelled production rows refused, per reason (see ``labelled``)
     mix: TrainingMix | None = None  # how base and production rows are mixed, and why (``mix``)
     base_train_rows: int = 0  # residual mix: X_train holds this many base rows, then production rows
-    # REFIT_ON_ALL_ROWS: the training rows + the gate's recent holdout, mixed by the same rule (None: no
-    # refit, e.g. the setting is off or there is no row to add). The base holdout is never refitted on.
+    # REFIT_ON_ALL_ROWS: the training rows + the gate's recent holdout (+ the base holdout with
+    # REFIT_ON_BASE_HOLDOUT), mixed by the same rule (None: no refit, e.g. the setting is off or there is
+    # no production row to add).
     X_refit: pd.DataFrame | None = None
     y_refit: pd.Series | None = None
     refit_weights: np.ndarray | None = None
     refit_base_rows: int = 0  # residual mix: X_refit holds this many base rows, then production rows
+    refit_base_holdout: bool = False  # X_refit holds the base holdout (the gate must not judge there)
 
     def eval_sets(self) -> EvalSets:
         sets: EvalSets = {gate.BASE: (self.X_test, self.y_test)}
@@ -267,13 +271,17 @@ def training_data(
         production_train=len(Xp_tr),
         production_holdout=len(Xp_te),
     )
-    refit = _refit_rows(settings, choice.mix, Xb_tr, yb_tr, Xp, yp)
+    # the refit's base rows: the base training rows, and with REFIT_ON_BASE_HOLDOUT the base holdout too
+    with_holdout = settings.refit_on_base_holdout
+    Xb_fit = pd.concat([Xb_tr, Xb_te], ignore_index=True) if with_holdout else Xb_tr
+    yb_fit = pd.concat([yb_tr, yb_te], ignore_index=True) if with_holdout else yb_tr
+    refit = _refit_rows(settings, choice.mix, Xb_fit, yb_fit, Xp, yp)
     X_ref, y_ref = X_all, y_all
     if refit is not None:
         rows["refit"] = len(refit[0])
         # the reference sample of the export: every row the served (refit) model was trained on, once
-        X_ref = pd.concat([Xb_tr, Xp], ignore_index=True)
-        y_ref = pd.concat([yb_tr, yp], ignore_index=True)
+        X_ref = pd.concat([Xb_fit, Xp], ignore_index=True)
+        y_ref = pd.concat([yb_fit, yp], ignore_index=True)
     return TrainingData(
         spec=spec,
         columns=columns,
@@ -295,7 +303,9 @@ def training_data(
         X_refit=refit[0] if refit else None,
         y_refit=refit[1] if refit else None,
         refit_weights=refit[2] if refit else None,
-        refit_base_rows=len(Xb_tr),
+        refit_base_rows=len(Xb_fit),
+        # a production-only refit never sees base rows (its reference above still holds them all)
+        refit_base_holdout=refit is not None and with_holdout and kind != "production_only",
     )
 
 
@@ -307,8 +317,9 @@ def _refit_rows(
     Xp: pd.DataFrame,
     yp: pd.Series,
 ) -> tuple[pd.DataFrame, pd.Series, np.ndarray | None] | None:
-    """The refit's rows (REFIT_ON_ALL_ROWS): the base training rows and ALL labelled production rows
-    (training + the gate's recent holdout), mixed by the chosen mix's rule; the weight of a rule that
+    """The refit's rows (REFIT_ON_ALL_ROWS): the base rows ``Xb`` (training rows, + the base holdout with
+    REFIT_ON_BASE_HOLDOUT) and ALL labelled production rows (training + the gate's recent holdout), mixed
+    by the chosen mix's rule; the weight of a rule that
     depends on the row counts (``balanced``, the automatic weight) is recomputed for the new counts.
     None when the setting is off or the mix uses no production row (nothing to add)."""
     if not settings.refit_on_all_rows or m.kind == "base_only":
@@ -481,9 +492,11 @@ def run_record(
     refit_tags: dict[str, str] = {}
     if cand.refit is not None and data.X_refit is not None:
         refit_params["rows_refit"] = len(data.X_refit)
+        refit_params["refit_base_holdout"] = data.refit_base_holdout
+        added = "the recent labelled holdout" + (" and the base holdout" if data.refit_base_holdout else "")
         refit_tags["gradeflow.refit"] = (
-            f"the registered model is a refit on {len(data.X_refit)} rows (training rows + the recent labelled "
-            f"holdout; same mix, family and hyper-parameters); the holdout metrics are those of the fit on the "
+            f"the registered model is a refit on {len(data.X_refit)} rows (training rows + {added}; same mix, "
+            f"family and hyper-parameters); the holdout metrics are those of the fit on the "
             f"{len(data.X_train)} training rows, before the refit"
         )
     mix_params, mix_metrics, mix_tags = mixing.as_params(data.mix) if data.mix else ({}, {}, {})
@@ -568,8 +581,27 @@ def register_candidate(
     with tempfile.TemporaryDirectory(prefix="gradeflow-train-") as tmpd:
         artifacts = write_export_artifacts(settings, data, cand.metrics, Path(tmpd) / "export")
         registered = registry.log_candidate(run_record(settings, data, cand, request, artifacts))
+    # right after registration: which base holdout this version saw, for every later gate (``judge``)
+    registry.set_version_tags(
+        registered.version, {gate.BASE_HOLDOUT_TAG: base_holdout_record(settings, data, cand).to_json()}
+    )
     logger.info("registered %s v%d (run %s)", registry.model_name, registered.version, registered.run_id)
     return registered
+
+
+def base_holdout_record(
+    settings: TrainerSettings, data: TrainingData, cand: Candidate | None = None
+) -> gate.BaseHoldout:
+    """This training's base holdout (which rows), whether the served model was trained on it
+    (REFIT_ON_BASE_HOLDOUT) and the candidate's error there before any refit."""
+    return gate.BaseHoldout(
+        fingerprint=data.fingerprint,
+        test_size=settings.test_size,
+        seed=settings.seed,
+        rows=len(data.X_test),
+        trained_on=cand is not None and cand.refit is not None and data.refit_base_holdout,
+        metrics={k: cand.challenger[f"{gate.BASE}_{k}"] for k in ("rmse", "mae", "r2")} if cand else {},
+    )
 
 
 # ------------------------------------------------------------------ stage 4: gate + publish
@@ -586,18 +618,25 @@ def _champion_pipeline(settings: TrainerSettings, registry: Registry, version: i
 
 
 def judge(
-    settings: TrainerSettings, registry: Registry, version: int, cand: Candidate, sets: EvalSets
+    settings: TrainerSettings, registry: Registry, version: int, cand: Candidate, data: TrainingData
 ) -> GateDecision:
     """The gate's verdict on ``version`` against the current champion, on the same data (and, on the
-    recent labelled rows, row by row: both models' predictions go to the gate)."""
+    recent labelled rows, row by row: both models' predictions go to the gate). A champion refitted on
+    the base holdout is not evaluated there (``gate.champion_base``)."""
+    sets = data.eval_sets()
     champ = registry.champion_version()
     champ_metrics: dict[str, float] | None = None
     paired: gate.Paired | None = None
+    note = ""
     if champ is not None:
         try:
             with tempfile.TemporaryDirectory(prefix="gradeflow-champion-") as tmpd:
                 champ_pipe = _champion_pipeline(settings, registry, champ, Path(tmpd))
                 champ_metrics, paired = champion_evidence(cand, sets, champ_pipe)
+            record = gate.BaseHoldout.from_json(registry.version(champ).tags.get(gate.BASE_HOLDOUT_TAG))
+            champ_metrics, note = gate.champion_base(
+                champ_metrics, record, base_holdout_record(settings, data), champ
+            )
         except UpstreamError:
             raise  # the registry failing is the job's (first) error, not a verdict on the champion
         except (GradeflowError, ValueError, KeyError) as exc:
@@ -613,7 +652,7 @@ def judge(
                 challenger=cand.challenger,
                 evaluated_on=list(sets),
             )
-    return verdict(settings, version, cand, champ, champ_metrics, paired)
+    return verdict(settings, version, cand, champ, champ_metrics, paired, note)
 
 
 def champion_evidence(
@@ -640,9 +679,11 @@ def verdict(
     champ: int | None,
     champ_metrics: dict[str, float] | None,
     paired: gate.Paired | None,
+    note: str = "",
 ) -> GateDecision:
-    """``gate.decide`` with the trainer's settings (``judge`` without the registry)."""
-    return gate.decide(
+    """``gate.decide`` with the trainer's settings (``judge`` without the registry); ``note`` (how the
+    champion's base-holdout error was obtained) ends the reason."""
+    decision = gate.decide(
         cand.challenger,
         champ_metrics,
         cand.naive,
@@ -657,6 +698,7 @@ def verdict(
         seed=settings.seed,
         label_share=settings.production_holdout,
     )
+    return decision.model_copy(update={"reason": f"{decision.reason}; {note}"}) if note else decision
 
 
 @dataclass(frozen=True)
@@ -725,7 +767,7 @@ def decide_and_publish(
     version = registered.version
     pr.wait_reconciled(settings)
     with CHAMPION_LOCK:
-        decision = judge(settings, registry, version, cand, data.eval_sets())
+        decision = judge(settings, registry, version, cand, data)
         export_dir: Path | None = None
         if not decision.promoted:
             registry.set_version_tags(version, _decision_tags(decision, data, request))
