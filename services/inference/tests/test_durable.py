@@ -112,6 +112,34 @@ def test_sqlite_commits_on_the_event_loop_without_a_thread_hand_over(tmp_path: P
     log.stop()
 
 
+def test_the_writer_thread_checkpoints_the_wal_of_inline_commits(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    store = LogStore(f"sqlite:///{tmp_path / 'w.db'}")
+    log = _started(store, flush_interval=0.05)
+    done: list[str] = []
+    real = store.checkpoint
+
+    def spy() -> None:
+        done.append(threading.current_thread().name)
+        real()
+
+    store.checkpoint = spy  # type: ignore[method-assign]
+    _acked_one_by_one(log, [_batch(1, start=i)[0] for i in range(5)])
+    deadline = time.monotonic() + 5
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert done and set(done) == {"prediction-log-writer"}, done
+    n = len(done)
+    time.sleep(0.3)  # idle, nothing new committed: no further checkpoints
+    assert len(done) == n
+    con = sqlite3.connect(tmp_path / "w.db")
+    assert con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0  # not busy
+    con.close()
+    log.stop()
+
+
 def test_a_slow_disk_moves_commits_back_to_the_writer_thread(tmp_path: Path) -> None:
     import time
 

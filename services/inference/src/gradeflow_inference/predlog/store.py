@@ -227,6 +227,7 @@ class LogStore:
                 self.require().url.database or "", timeout=busy_seconds, check_same_thread=False
             )
             sqlite_pragmas(con)
+            con.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoint() on the writer thread instead
             self._here = con
         try:
             cur = con.cursor()
@@ -236,6 +237,13 @@ class LogStore:
         except BaseException:
             con.rollback()
             raise
+
+    def checkpoint(self) -> None:
+        """Copy the SQLite WAL into the database file without blocking writers (PASSIVE)."""
+        import sqlalchemy as sa
+
+        with self.require().connect() as conn:
+            conn.execute(sa.text("PRAGMA wal_checkpoint(PASSIVE)"))
 
     def page(
         self, since_id: int | None, since: datetime | None, limit: int, labelled: bool | None

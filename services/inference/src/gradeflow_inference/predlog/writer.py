@@ -99,6 +99,7 @@ class LogWriter:
             maxlen=INLINE_WINDOW
         )  # wall time of the last inline commits (s)
         self.inline_commits = 0
+        self._checkpointed = 0  # inline_commits at the last WAL checkpoint
 
     # ------------------------------------------------------------------ request path
     def submit(self, batch: LogBatch) -> bool:
@@ -267,10 +268,27 @@ class LogWriter:
                 if not self._chunks:
                     if self._stopping:
                         return
-                    continue
+                    idle = True
+                else:
+                    idle = False
+            if idle:
+                self._checkpoint()
+                continue
             with self._write_lock:
                 if not self._write_queued():
                     return
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL of the inline commits into the database, here on the writer thread: their
+        connection does not checkpoint by itself (a checkpoint syncs the database file, which must not
+        stall the event loop), so the WAL would otherwise only grow."""
+        if self.inline_commits == self._checkpointed:
+            return
+        self._checkpointed = self.inline_commits
+        try:
+            self.store.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - retried at the next idle moment; writes carry on
+            logger.warning("prediction log: WAL checkpoint failed (%s)", exc)
 
     def _write_queued(self) -> bool:
         """Take up to ``batch_size`` records from the queue and write them, retrying while the database
