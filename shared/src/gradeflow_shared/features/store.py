@@ -6,7 +6,10 @@ its cold start must not pay for feast unless a request needs the store.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -251,11 +254,8 @@ def _history_frame(
     out = rows[[JOIN_KEY, TIMESTAMP, *cols]].copy()
     for c, dtype in (dtypes or {}).items():
         if c in out.columns:
-            out[c] = (
-                out[c].astype(object).where(out[c].notna(), None)
-                if dtype == "object"
-                else out[c].astype(dtype)
-            )
+            col = out[c]
+            out[c] = col.astype(object).where(col.notna(), None) if dtype == "object" else col.astype(dtype)  # type: ignore[call-overload]
     out[JOIN_KEY] = out[JOIN_KEY].astype(str)
     out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True)
     out[CREATED] = pd.Timestamp(now)
@@ -368,9 +368,19 @@ def push(store: FeatureStore, rows: pd.DataFrame) -> dict[str, int]:
     return written
 
 
+def _plain(text: str) -> str:
+    """Feast's console text on one line, without its colour codes."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
 def materialize(store: FeatureStore, end: datetime | None = None) -> None:
-    """Copy the history up to ``end`` (default now) into the online store, from where the last run stopped."""
-    store.materialize_incremental(end_date=end or datetime.now(UTC))
+    """Copy the history up to ``end`` (default now) into the online store, from where the last run stopped.
+
+    Feast prints its progress to stdout; it is logged instead (services keep stdout for their logs).
+    """
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        store.materialize_incremental(end_date=end or datetime.now(UTC))
+    logger.info("feature store: materialized up to %s (%s)", end or "now", _plain(said.getvalue())[:300])
 
 
 # ------------------------------------------------------------------ reading
