@@ -214,3 +214,18 @@ def test_redis_url_is_translated_for_feast() -> None:
     assert fs._redis_connection_string("rediss://cache") == "cache:6379,db=0,ssl=true"
     with pytest.raises(ConfigError, match="FEATURE_ONLINE_STORE_URL"):
         fs._redis_connection_string("http://cache")
+
+
+def test_importing_the_store_functions_does_not_import_feast() -> None:
+    """Inference imports these functions; feast (seconds to import) loads only when one is called."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradeflow_shared.features.store, gradeflow_shared.features.seed, gradeflow_shared.synth; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('feast', 'dask')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout
