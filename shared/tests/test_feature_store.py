@@ -89,15 +89,13 @@ def _cleanup(st, offline: str, redis_url: str) -> None:
     if offline == "postgres":
         from sqlalchemy import text
 
-        engine = fs._postgres_engine(st)
-        with engine.begin() as conn:
+        with fs.postgres(st) as conn:
             tables = conn.execute(
                 text("select tablename from pg_tables where schemaname = 'public' and tablename like :p"),
                 {"p": f"{st.project}%"},
             ).scalars()
             for t in list(tables):
                 conn.execute(text(f'drop table "{t}"'))
-        engine.dispose()
         st.registry.delete_project(st.project, commit=True)
 
 
@@ -229,3 +227,31 @@ def test_importing_the_store_functions_does_not_import_feast() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _history_rows(st, view: str) -> int:
+    if fs._layout(st).postgres:
+        from sqlalchemy import text
+
+        with fs.postgres(st) as conn:
+            return int(
+                conn.execute(text(f'select count(*) from "{repo.history_table(view, st.project)}"')).scalar()
+            )
+    return len(pd.read_parquet(fs.store_root(st) / "offline" / view))
+
+
+def test_seed_writes_a_history_once_then_recalls_it(store) -> None:
+    from gradeflow_shared.features.seed import _records, seed, training_frame
+
+    spec = timeline_spec(students=40, seed=1)
+    first = seed(store, spec)
+    n = _history_rows(store, repo.ACTIVITY_VIEW)
+    assert n == 40 * 16 and _history_rows(store, repo.PROFILE_VIEW) == 40
+    again = seed(store, spec)
+    assert _history_rows(store, repo.ACTIVITY_VIEW) == n and len(_records(store)) == 1
+    pd.testing.assert_frame_equal(again.labels, first.labels)
+    # materialized for serving: the latest reading of each student is online
+    online = fs.online_features(store, first.labels["student_id"].tolist(), ["attendance_pct", "age"])
+    assert online.notna().all().all()
+    X, y = training_frame(store, first, [c.name for c in spec.columns or []])
+    assert len(X) == 40 and not X.isna().any().any() and y.tolist() == first.labels["final_grade"].tolist()

@@ -72,10 +72,10 @@ def test_a_reading_dated_after_the_label_time_never_reaches_a_training_row(setti
 
 def _term_start(store) -> pd.Timestamp:
     """The start of the term the store was seeded with (its recorded anchor, as ``seed`` dates it)."""
-    from gradeflow_shared.features.seed import _read_records, spec_key
+    from gradeflow_shared.features.seed import _records, spec_key
     from gradeflow_shared.synth import LABEL_DELAY, TERM_WEEKS, timeline_spec
 
-    anchor = pd.Timestamp(_read_records(store)[spec_key(timeline_spec(students=300, seed=0))])
+    anchor = pd.Timestamp(_records(store)[spec_key(timeline_spec(students=300, seed=0))])
     return (anchor - pd.Timedelta(weeks=TERM_WEEKS) - pd.Timedelta(LABEL_DELAY)).to_pydatetime()
 
 

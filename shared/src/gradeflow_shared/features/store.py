@@ -11,7 +11,7 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,12 +160,19 @@ def _layout(store: FeatureStore):  # -> repo.Layout
     return Layout(project=store.project, offline_dir=offline_dir, postgres=postgres)
 
 
-def _postgres_engine(store: FeatureStore):
+@contextlib.contextmanager
+def postgres(store: FeatureStore) -> Iterator[Any]:
+    """A transaction on the offline store's PostgreSQL database (committed on success, engine disposed)."""
     from sqlalchemy import create_engine
 
     cfg = store.config.offline_store
     pg = {k: getattr(cfg, k) for k in ("host", "port", "database", "user", "password", "sslmode")}
-    return create_engine(sqlalchemy_url(pg))
+    engine = create_engine(sqlalchemy_url(pg))
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------------ definitions
@@ -278,13 +285,10 @@ def _ensure_history(store: FeatureStore, view: str, cols: list[ColumnSpec]) -> N
     if layout.postgres:
         from sqlalchemy import inspect
 
-        engine = _postgres_engine(store)
-        try:
-            table = history_table(view, layout.project)
-            if not inspect(engine).has_table(table):
-                empty.to_sql(table, engine, if_exists="append", index=False)
-        finally:
-            engine.dispose()
+        table = history_table(view, layout.project)
+        with postgres(store) as conn:
+            if not inspect(conn).has_table(table):
+                empty.to_sql(table, conn, if_exists="append", index=False)
         return
     folder = layout.offline_dir / view
     if not folder.exists() or not any(folder.glob("*.parquet")):
@@ -306,11 +310,8 @@ def write_history(store: FeatureStore, view: str, rows: pd.DataFrame) -> int:
     frame = _history_frame(rows, cols, datetime.now(UTC), _view_dtypes(store, view))
     layout = _layout(store)
     if layout.postgres:
-        engine = _postgres_engine(store)
-        try:
-            frame.to_sql(history_table(view, layout.project), engine, if_exists="append", index=False)
-        finally:
-            engine.dispose()
+        with postgres(store) as conn:
+            frame.to_sql(history_table(view, layout.project), conn, if_exists="append", index=False)
     else:
         _append_parquet(layout.offline_dir / view, frame)
     return len(frame)
