@@ -255,3 +255,28 @@ def test_seed_writes_a_history_once_then_recalls_it(store) -> None:
     assert online.notna().all().all()
     X, y = training_frame(store, first, [c.name for c in spec.columns or []])
     assert len(X) == 40 and not X.isna().any().any() and y.tolist() == first.labels["final_grade"].tolist()
+
+
+def test_online_read_tells_present_missing_expired_and_unknown(store) -> None:
+    now = datetime.now(UTC)
+    fs.write_history(store, repo.PROFILE_VIEW, profile_rows(["fresh"], now - timedelta(days=2)))
+    fs.push(
+        store,
+        pd.DataFrame(
+            [
+                activity_row("fresh", now - timedelta(days=1)),
+                activity_row("stale", now - timedelta(days=60), attendance_pct=50.0),
+            ]
+        ),
+    )
+    fs.push(store, pd.DataFrame([{"student_id": "partial", "event_timestamp": now, "attendance_pct": 70.0}]))
+    fs.materialize(store)
+    got = fs.online_read(
+        store, ["fresh", "stale", "partial", "ghost"], ["attendance_pct", "term_grade", "age"]
+    )
+    assert got.unknown == ["ghost"]
+    assert got.problems(0) == {}
+    assert got.problems(1) == {"attendance_pct": "expired", "term_grade": "expired", "age": "missing"}
+    assert got.values["attendance_pct"].iloc[1] == pytest.approx(50.0)  # kept by the store, but not current
+    assert got.problems(2) == {"term_grade": "missing", "age": "missing"}
+    assert set(got.problems(3).values()) == {"missing"}

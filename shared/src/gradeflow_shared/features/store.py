@@ -12,6 +12,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -385,23 +386,85 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> None:
 
 
 # ------------------------------------------------------------------ reading
+PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
+_FEAST_NOT_FOUND = 3  # feast.protos FieldStatus.NOT_FOUND
+
+
+@dataclass(frozen=True)
+class OnlineRead:
+    """The latest values of some students, and what each value is worth.
+
+    ``values``: ``student_id`` + the features, one row per id in the order asked (missing: None/NaN).
+    ``status``: the same shape; each feature is ``present``, ``missing`` (never written, or written
+    empty) or ``expired`` (older than its view's TTL: the online store keeps it, it is not current).
+    ``unknown``: the ids the store has no value at all for.
+    """
+
+    values: pd.DataFrame
+    status: pd.DataFrame
+    unknown: list[str]
+
+    def problems(self, row: int) -> dict[str, str]:
+        """{feature: 'missing' | 'expired'} of one row (empty when every feature is present)."""
+        st = self.status.iloc[row].drop(labels=["student_id"])
+        return {str(k): str(v) for k, v in st.items() if v != PRESENT}
+
+
+def online_read(
+    store: FeatureStore,
+    ids: Sequence[str],
+    features: Iterable[str] | None = None,
+    now: datetime | None = None,
+) -> OnlineRead:
+    """Latest online values for ``ids`` with their status (present / missing / expired) and the unknown ids.
+
+    Feast's online read returns a stored value whatever its age: expiry is decided here from each
+    value's event timestamp and its view's TTL, as the point-in-time join does for training.
+    """
+    from .repo import JOIN_KEY
+
+    refs = feature_refs(store, features)
+    names = [r.split(":", 1)[1] for r in refs]
+    ids = [str(i) for i in ids]
+    if not ids:
+        empty = pd.DataFrame(columns=[JOIN_KEY, *names])
+        return OnlineRead(values=empty, status=empty.copy(), unknown=[])
+    resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
+    values = pd.DataFrame(resp.to_dict())[[JOIN_KEY, *names]]
+    ttl = {fv.name: fv.ttl.total_seconds() if fv.ttl else None for fv in store.list_feature_views()}
+    now_s = (now or datetime.now(UTC)).timestamp()
+    vectors = dict(zip(resp.proto.metadata.feature_names.val, resp.proto.results, strict=True))
+    status = pd.DataFrame({JOIN_KEY: ids})
+    found = [False] * len(ids)
+    for ref, name in zip(refs, names, strict=True):
+        vec, blank = vectors[name], values[name].isna().to_numpy()
+        limit = ttl.get(ref.split(":", 1)[0])
+        col = []
+        for i, (st, ts) in enumerate(zip(vec.statuses, vec.event_timestamps, strict=True)):
+            # SQLite says NOT_FOUND for a key it lacks, Redis says PRESENT with no timestamp: check both
+            stored = st != _FEAST_NOT_FOUND and ts.seconds > 0
+            found[i] |= stored
+            if not stored or blank[i]:
+                col.append(MISSING)
+            elif limit is not None and now_s - ts.seconds > limit:
+                col.append(EXPIRED)
+            else:
+                col.append(PRESENT)
+        status[name] = col
+    return OnlineRead(
+        values=values, status=status, unknown=[i for i, f in zip(ids, found, strict=True) if not f]
+    )
+
+
 def online_features(
     store: FeatureStore, ids: Sequence[str], features: Iterable[str] | None = None
 ) -> pd.DataFrame:
     """Latest online values for ``ids``: one row per id in the given order, ``student_id`` + the features.
 
-    A student the store has never seen, or a feature with no value, comes back as None/NaN; the
-    caller decides what that means (the serving side answers 404 / 422).
+    A student the store has never seen, or a feature with no value, comes back as None/NaN; whether a
+    value is expired or missing, and which ids are unknown, says ``online_read``.
     """
-    from .repo import JOIN_KEY
-
-    refs = feature_refs(store, features)
-    ids = [str(i) for i in ids]
-    if not ids:
-        return pd.DataFrame(columns=[JOIN_KEY, *(r.split(":", 1)[1] for r in refs)])
-    resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
-    out = pd.DataFrame(resp.to_dict())
-    return out[[JOIN_KEY, *(r.split(":", 1)[1] for r in refs)]]
+    return online_read(store, ids, features).values
 
 
 def historical_features(
