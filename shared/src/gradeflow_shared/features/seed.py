@@ -121,6 +121,9 @@ def training_frame(store: FeatureStore, hist: History, features: list[str]) -> t
     """Point-in-time training rows for the history's labels: (X in ``features`` order, y)."""
     joined = fs.historical_features(store, hist.labels, features)
     X = joined[features].reset_index(drop=True)
+    for c in X.columns:  # nullable integers (pd.NA) as float64 with NaN, as the flat loader gives them
+        if str(X[c].dtype) in ("Int64", "Int32"):
+            X[c] = X[c].astype("float64")
     y = joined[hist.target].astype(float).reset_index(drop=True)
     y.name = hist.target
     return X, y
