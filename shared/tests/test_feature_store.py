@@ -57,7 +57,14 @@ def _pg_feature_url() -> str:
     return f"postgresql://{parts.username or 'postgres'}@{parts.hostname}:{parts.port or 5432}{parts.path}?sslmode=disable"
 
 
-@pytest.fixture(params=["file+sqlite", "postgres+sqlite", "file+redis", "postgres+redis"])
+@pytest.fixture(
+    params=[
+        "file+sqlite",
+        pytest.param("postgres+sqlite", marks=pytest.mark.postgres),
+        pytest.param("file+redis", marks=pytest.mark.redis),
+        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     """A fresh store on one backend pair, in a project of its own (its data removed afterwards)."""
     offline, online = request.param.split("+")
