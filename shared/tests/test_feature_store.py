@@ -287,3 +287,21 @@ def test_online_read_tells_present_missing_expired_and_unknown(store) -> None:
     assert got.values["attendance_pct"].iloc[1] == pytest.approx(50.0)  # kept by the store, but not current
     assert got.problems(2) == {"term_grade": "missing", "age": "missing"}
     assert set(got.problems(3).values()) == {"missing"}
+
+
+def test_apply_rewrites_the_registry_only_when_a_definition_changes(tmp_path: Path) -> None:
+    st = fs.feature_store(FeatureStoreSettings(feature_store_dir=tmp_path / "fs"))
+    fs.apply(st)
+    registry = tmp_path / "fs" / fs.REGISTRY_DB
+    before = registry.stat().st_mtime_ns
+    fs.apply(st)
+    assert registry.stat().st_mtime_ns == before
+    spec = timeline_spec()
+    spec.columns = [
+        c.model_copy(update={"max": 90}) if c.name == "absences" else c for c in spec.columns or []
+    ]
+    fs.apply(st, spec)  # same features, other bounds: a new version of the activity view
+    assert registry.stat().st_mtime_ns != before
+    assert fs.lineage(st)["views"][repo.ACTIVITY_VIEW]["version"] == repo.view_version(
+        repo.ACTIVITY_VIEW, [c for c in spec.columns if c.name in spec.activity_columns]
+    )

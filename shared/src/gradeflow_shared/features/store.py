@@ -191,12 +191,14 @@ def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
     A store whose views already hold other features is refused (ConfigError): its history tables
     have those columns; another dataset needs another FEATURE_PROJECT (or FEATURE_STORE_DIR).
     """
-    from .repo import definitions, split_columns
+    from .repo import definitions, split_columns, view_version
 
     spec = spec or default_spec()
     columns, activity = _spec_columns(spec)
-    wanted = {v: [c.name for c in cols] for v, cols in split_columns(columns, activity).items()}
-    held = view_columns(store)
+    split = split_columns(columns, activity)
+    wanted = {v: [c.name for c in cols] for v, cols in split.items()}
+    registered = {fv.name: fv for fv in store.list_feature_views()}
+    held = {name: [f.name for f in fv.features] for name, fv in registered.items()}
     clash = [v for v in wanted if v in held and held[v] != wanted[v]] + [v for v in held if v not in wanted]
     if clash:
         raise ConfigError(
@@ -204,9 +206,12 @@ def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
             f"features than dataset '{spec.name}': set FEATURE_PROJECT (or FEATURE_STORE_DIR) to a new value "
             "for this dataset"
         )
-    objects = definitions(columns, activity, _layout(store))
-    store.apply(objects)
-    for view, cols in split_columns(columns, activity).items():
+    same = set(registered) == set(split) and all(
+        registered[v].tags.get("gradeflow_version") == view_version(v, cols) for v, cols in split.items()
+    )
+    if not same:  # the registry is rewritten only when a definition changed (readers may be reading it)
+        store.apply(definitions(columns, activity, _layout(store)))
+    for view, cols in split.items():
         _ensure_history(store, view, cols)
     return list(wanted)
 
