@@ -7,6 +7,7 @@ row, and a reading older than the view's TTL is not used as if it were current.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -305,3 +306,26 @@ def test_apply_rewrites_the_registry_only_when_a_definition_changes(tmp_path: Pa
     assert fs.lineage(st)["views"][repo.ACTIVITY_VIEW]["version"] == repo.view_version(
         repo.ACTIVITY_VIEW, [c for c in spec.columns if c.name in spec.activity_columns]
     )
+
+
+def test_using_the_store_leaves_prometheus_in_memory(tmp_path: Path) -> None:
+    """feast.metrics sets PROMETHEUS_MULTIPROC_DIR on import; a service using the store must not inherit it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, pandas as pd; from datetime import UTC, datetime; "
+        "from gradeflow_shared.settings import FeatureStoreSettings; "
+        "from gradeflow_shared.features import store as fs; "
+        f"st = fs.feature_store(FeatureStoreSettings(feature_store_dir={str(tmp_path)!r})); fs.apply(st); "
+        "fs.push(st, pd.DataFrame([{'student_id': 'a', 'event_timestamp': datetime.now(UTC), 'absences': 1}])); "
+        "fs.materialize(st); "
+        "from prometheus_client import values; "
+        "print('feast.metrics' in sys.modules, sorted(k for k in os.environ if k.startswith('PROMETHEUS')), "
+        "values.ValueClass.__name__)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == "True [] MutexValue", out.stdout
