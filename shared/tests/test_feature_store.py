@@ -309,13 +309,14 @@ def test_apply_rewrites_the_registry_only_when_a_definition_changes(tmp_path: Pa
 
 
 def test_using_the_store_leaves_prometheus_in_memory(tmp_path: Path) -> None:
-    """feast.metrics sets PROMETHEUS_MULTIPROC_DIR on import; a service using the store must not inherit it."""
+    """``import feast`` sets PROMETHEUS_MULTIPROC_DIR; a service using the store must not inherit it."""
     import subprocess
     import sys
 
     code = (
         "import os, sys, pandas as pd; from datetime import UTC, datetime; "
         "from gradeflow_shared.settings import FeatureStoreSettings; "
+        "import gradeflow_shared.features.repo; "  # feast imported through the definitions first
         "from gradeflow_shared.features import store as fs; "
         f"st = fs.feature_store(FeatureStoreSettings(feature_store_dir={str(tmp_path)!r})); fs.apply(st); "
         "fs.push(st, pd.DataFrame([{'student_id': 'a', 'event_timestamp': datetime.now(UTC), 'absences': 1}])); "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +23,7 @@ import pandas as pd
 from ..datasets import ColumnSpec, DatasetSpec
 from ..errors import ConfigError
 from ..settings import FeatureStoreSettings
+from .feast_env import quiet_feast_import
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -101,32 +101,6 @@ def sqlalchemy_url(pg: dict[str, Any]) -> str:
     ).render_as_string(hide_password=False)
 
 
-_PROMETHEUS_ENV = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")
-
-
-def _import_feast_metrics_quietly() -> None:
-    """Import ``feast.metrics`` now, and undo what its import does to the process environment.
-
-    On import it points PROMETHEUS_MULTIPROC_DIR / PROMETHEUS_MULTIPROCESS_DIR at a temporary folder
-    (for feast's own gunicorn feature server). Left in place, a later-imported prometheus_client in
-    this process, and every child process, would keep its metrics in files there (multi-process
-    mode) instead of in memory. feast imports the module lazily on its first push/materialize;
-    importing it here first, with prometheus_client already loaded, keeps the services' metrics as
-    they are.
-    """
-    import prometheus_client  # noqa: F401 - loaded before the variables exist: in-memory values
-
-    saved = {k: os.environ.get(k) for k in _PROMETHEUS_ENV}
-    try:
-        import feast.metrics  # noqa: F401
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def feature_store(settings: FeatureStoreSettings) -> FeatureStore:
     """A FeatureStore configured from the settings (nothing is created in PostgreSQL/Redis until used).
 
@@ -135,11 +109,11 @@ def feature_store(settings: FeatureStoreSettings) -> FeatureStore:
     container sees the same definitions. Online store: SQLite in FEATURE_STORE_DIR, or Redis when
     FEATURE_ONLINE_STORE_URL is set.
     """
-    _import_feast_metrics_quietly()
-    from feast import FeatureStore, RepoConfig
-    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
-    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
-    from feast.repo_config import RegistryConfig
+    with quiet_feast_import():
+        from feast import FeatureStore, RepoConfig
+        from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+        from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+        from feast.repo_config import RegistryConfig
 
     root = store_dir(settings)
     offline: Any
