@@ -63,6 +63,9 @@ class DatasetSpec(BaseModel):
     scenario: str | None = None  # synthetic only (see gradeflow_shared.synth.SCENARIOS)
     severity: float = 1.0  # synthetic only
     description: str = ""
+    # Feature columns that change during a term (the feature store's activity view); the others are
+    # slowly changing profile facts. Only the feature store reads it.
+    activity_columns: list[str] = Field(default_factory=list)
 
 
 # ------------------------------------------------------------------ builtin specs
@@ -129,6 +132,7 @@ def _builtin(name: str) -> DatasetSpec | None:
             # G1 / G2 are the first and second period grades of the same year: they leak the target.
             drop=["G1", "G2"],
             columns=_uci_columns(),
+            activity_columns=["studytime", "absences", "health"],  # the feature store's activity view
             description=f"UCI Student Performance ({'Portuguese' if course == 'por' else 'Mathematics'})",
         )
     if name == "spf":
