@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -111,6 +112,19 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
         description="auto: per batch size, the path measured faster at load time; onnx or sklearn: always "
         "that path (PREDICT_PATH).",
     )
+
+    feature_store_dir: Path | None = Field(
+        default=None,
+        description="Folder of the feature store's files (FEATURE_STORE_DIR); default DATA_DIR/feature_store.",
+    )
+    feature_online_store_url: str = Field(
+        default="",
+        description="Redis URL of the online store (FEATURE_ONLINE_STORE_URL); empty: SQLite in FEATURE_STORE_DIR.",
+    )
+
+    @property
+    def feature_store_path(self) -> Path:
+        return (self.feature_store_dir or (self.data_dir / "feature_store")).expanduser().resolve()
 
     def db_url(self) -> str:
         if self.prediction_db_url:

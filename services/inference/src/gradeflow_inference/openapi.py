@@ -12,10 +12,12 @@ from pydantic import BaseModel
 from gradeflow_shared.contracts import FeedbackRequest
 from gradeflow_shared.errors import ErrorBody
 
+from .online.resolve import ID_FIELD, MAX_ID_LENGTH
 from .schema import example_record
 
 _ERRORS = {
     401: "Missing or wrong bearer token (WWW-Authenticate: Bearer)",
+    404: "Unknown student: the feature store holds no features for the student_id (names the id)",
     409: "Conflict: a prediction already has a label (send overwrite: true), names the request ids",
     413: "Request body larger than MAX_BODY_BYTES",
     415: "Content-Type is not application/json",
@@ -52,6 +54,28 @@ def _add_body_models(schema: dict[str, Any]) -> None:
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         components[model.__name__] = body
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _id_schema() -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "description": "A student's id"}
+
+
+def _student_ref(record: dict[str, Any]) -> dict[str, Any]:
+    """A record by student id: the id and any features of the record (they override the stored ones)."""
+    props = dict(record.get("properties", {}))
+    props[ID_FIELD] = _id_schema()
+    return {
+        "type": "object",
+        "description": "A student by id: the stored features of the feature store, overridden by any "
+        "feature sent with it",
+        "properties": props,
+        "required": [ID_FIELD],
+        "additionalProperties": False,
+    }
 
 
 def model_openapi(app: FastAPI, max_records: int) -> Callable[[], dict[str, Any]]:
@@ -98,14 +122,34 @@ def model_openapi(app: FastAPI, max_records: int) -> Callable[[], dict[str, Any]
             record = {"type": "object", "description": "the schema appears once a model is loaded"}
             example = {"feature_a": 1.0, "feature_b": "category"}
         schema["components"]["schemas"]["Record"] = record
+        schema["components"]["schemas"]["StudentRef"] = _student_ref(record)
+        batch["properties"]["records"]["items"] = {"oneOf": [_ref("Record"), _ref("StudentRef")]}
+        ids: dict[str, Any] = {
+            "type": "object",
+            "properties": {
+                "student_ids": {
+                    "type": "array",
+                    "items": _id_schema(),
+                    "minItems": 1,
+                    "maxItems": max_records,
+                }
+            },
+            "required": ["student_ids"],
+            "additionalProperties": False,
+        }
         op["requestBody"] = {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"oneOf": [{"$ref": "#/components/schemas/Record"}, batch]},
+                    "schema": {"oneOf": [_ref("Record"), _ref("StudentRef"), batch, ids]},
                     "examples": {
                         "one record": {"value": example},
                         "batch": {"value": {"records": [example, example]}},
+                        "by student id": {"value": {ID_FIELD: "s-0001"}},
+                        "by student id, one feature sent": {
+                            "value": {ID_FIELD: "s-0001", **dict(list(example.items())[:1])}
+                        },
+                        "batch of ids": {"value": {"student_ids": ["s-0001", "s-0002"]}},
                     },
                 }
             },

@@ -10,6 +10,7 @@ from gradeflow_shared.errors import ModelNotLoaded
 from .config import InferenceSettings
 from .metrics import Metrics
 from .model import ModelManager
+from .online.reader import OnlineFeatures, open_online
 from .predlog.store import LogStore
 from .predlog.writer import LogWriter
 
@@ -41,6 +42,10 @@ class ServiceState:
         self.log_enabled = settings.inference_log_enabled
         self.durable_ack = settings.inference_log_enabled and settings.log_durable_ack
         self.max_records = settings.max_batch_records
+        # the feature store's online values for POST /predict by student id (opened at the first lookup)
+        self.online: OnlineFeatures = open_online(
+            settings.feature_store_path, settings.feature_online_store_url
+        )
         # the one inference thread for big batches (small ones run inline on the event loop)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_threads, thread_name_prefix="inference"
