@@ -63,6 +63,9 @@ class DatasetSpec(BaseModel):
     scenario: str | None = None  # synthetic only (see gradeflow_shared.synth.SCENARIOS)
     severity: float = 1.0  # synthetic only
     description: str = ""
+    # Feature columns that change during a term (the feature store's activity view); the others are
+    # slowly changing profile facts. Only the feature store reads it.
+    activity_columns: list[str] = Field(default_factory=list)
 
 
 # ------------------------------------------------------------------ builtin specs

@@ -107,3 +107,38 @@ def bearer_matches(authorization: str | None, *tokens: str) -> bool:
         if t:
             ok |= hmac.compare_digest(given.strip().encode(), t.encode())
     return ok
+
+
+class FeatureStoreSettings(BaseSettings):
+    """Where the feature store keeps its data, declared once for the services that use it.
+
+    The defaults need nothing running: parquet files for history and an SQLite file for the latest
+    values, both under ``FEATURE_STORE_DIR``. A PostgreSQL URL moves the history (and the registry of
+    definitions) into PostgreSQL; a Redis URL moves the latest values into Redis.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    feature_store_dir: Path | None = Field(
+        default=None,
+        description="Folder of the feature store's files (FEATURE_STORE_DIR): the registry of feature "
+        "definitions, the parquet history and the SQLite online store; default DATA_DIR/feature_store.",
+    )
+    feature_project: str = Field(
+        default="gradeflow",
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="Feast project name (FEATURE_PROJECT): separates the definitions and data of two "
+        "platforms that share one PostgreSQL or Redis.",
+    )
+    feature_offline_store_url: str = Field(
+        default="",
+        description="PostgreSQL URL of the offline store (FEATURE_OFFLINE_STORE_URL, e.g. "
+        "postgresql://user:password@host:5432/db?sslmode=disable): the dated feature history used "
+        "for training and the registry of definitions live there. Empty: parquet files in FEATURE_STORE_DIR.",
+    )
+    feature_online_store_url: str = Field(
+        default="",
+        description="Redis URL of the online store (FEATURE_ONLINE_STORE_URL, e.g. redis://host:6379/0): "
+        "the latest feature values per student, read when predicting by id. Empty: an SQLite file in "
+        "FEATURE_STORE_DIR.",
+    )

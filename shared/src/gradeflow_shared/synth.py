@@ -141,6 +141,24 @@ COLUMNS: list[ColumnSpec] = [
 
 FEATURES = [c.name for c in COLUMNS]
 
+TERM_GRADE = ColumnSpec(
+    name="term_grade",
+    kind="numeric",
+    dtype="float",
+    min=0,
+    max=20,
+    description="Average of the grades posted so far this term (0-20); the term mode only.",
+)
+ACTIVITY_COLUMNS = [
+    "study_hours_per_week",
+    "attendance_pct",
+    "absences",
+    "sleep_hours",
+    "tutoring_sessions",
+    "term_grade",
+]
+"""Columns of the term mode that arrive as dated readings during the term (the rest are profile facts)."""
+
 
 def _choice(u: np.ndarray, values: list[str], probs: np.ndarray) -> np.ndarray:
     """Inverse-CDF categorical draw from uniforms ``u`` (probs may vary per row: shape [n, k])."""
@@ -281,3 +299,17 @@ def synthetic_spec(
         severity=severity,
         description="GradeFlow synthetic student records",
     )
+
+
+def timeline_spec(
+    students: int = 1000, seed: int = 0, scenario: str | None = None, severity: float = 1.0
+) -> DatasetSpec:
+    """The DatasetSpec of the term mode (``generate_term``): the flat columns plus ``term_grade``."""
+    spec = synthetic_spec(rows=students, seed=seed, scenario=scenario, severity=severity)
+    spec.name = "synthetic-term"
+    spec.columns = [*(spec.columns or []), TERM_GRADE.model_copy()]
+    spec.activity_columns = list(ACTIVITY_COLUMNS)
+    spec.description = (
+        "GradeFlow synthetic students over a term (dated readings, final grades with label times)"
+    )
+    return spec

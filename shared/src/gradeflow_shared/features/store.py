@@ -1,0 +1,372 @@
+"""Open, fill and read the feature store (see the package docstring for the public functions).
+
+feast is imported inside the functions, never at module import: inference imports this module and
+its cold start must not pay for feast unless a request needs the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pandas as pd
+
+from ..datasets import ColumnSpec, DatasetSpec
+from ..errors import ConfigError
+from ..settings import FeatureStoreSettings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+ONLINE_DB = "online.db"
+REGISTRY_DB = "registry.db"
+
+
+# ------------------------------------------------------------------ configuration
+def store_dir(settings: FeatureStoreSettings) -> Path:
+    """FEATURE_STORE_DIR, default DATA_DIR/feature_store (created)."""
+    root = settings.feature_store_dir or Path(getattr(settings, "data_dir", "data")) / "feature_store"
+    root = Path(root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _postgres_parts(url: str) -> dict[str, Any]:
+    """host/port/database/user/password/sslmode of a ``postgresql://`` URL (ConfigError naming the variable)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        raise ConfigError(
+            f"FEATURE_OFFLINE_STORE_URL must be a postgresql:// URL, got scheme '{parts.scheme}'"
+        )
+    database = parts.path.lstrip("/")
+    if not parts.hostname or not database:
+        raise ConfigError(
+            "FEATURE_OFFLINE_STORE_URL needs a host and a database: postgresql://user@host:5432/db"
+        )
+    query = parse_qs(parts.query)
+    return {
+        "host": parts.hostname,
+        "port": parts.port or 5432,
+        "database": database,
+        "user": unquote(parts.username or "postgres"),
+        "password": unquote(parts.password or ""),
+        "sslmode": query.get("sslmode", ["prefer"])[0],
+    }
+
+
+def _redis_connection_string(url: str) -> str:
+    """Feast's ``host:port,db=N[,password=..][,ssl=true]`` form of a ``redis://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"FEATURE_ONLINE_STORE_URL must be a redis:// URL, got scheme '{parts.scheme}'")
+    if not parts.hostname:
+        raise ConfigError("FEATURE_ONLINE_STORE_URL needs a host: redis://host:6379/0")
+    db = parts.path.lstrip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"FEATURE_ONLINE_STORE_URL: the database must be a number, got '{db}'")
+    out = f"{parts.hostname}:{parts.port or 6379},db={db}"
+    if parts.password:
+        out += f",password={unquote(parts.password)}"
+    if parts.scheme == "rediss":
+        out += ",ssl=true"
+    return out
+
+
+def sqlalchemy_url(pg: dict[str, Any]) -> str:
+    """SQLAlchemy URL (psycopg 3, which feast's postgres extra installs) for the offline store's database."""
+    from sqlalchemy.engine import URL
+
+    return URL.create(
+        "postgresql+psycopg",
+        username=pg["user"],
+        password=pg["password"] or None,
+        host=pg["host"],
+        port=pg["port"],
+        database=pg["database"],
+        query={"sslmode": pg["sslmode"]},
+    ).render_as_string(hide_password=False)
+
+
+def feature_store(settings: FeatureStoreSettings) -> FeatureStore:
+    """A FeatureStore configured from the settings (nothing is created in PostgreSQL/Redis until used).
+
+    Offline store: parquet under FEATURE_STORE_DIR (feast's ``dask`` store), or PostgreSQL when
+    FEATURE_OFFLINE_STORE_URL is set; then the registry is kept in the same database, so every
+    container sees the same definitions. Online store: SQLite in FEATURE_STORE_DIR, or Redis when
+    FEATURE_ONLINE_STORE_URL is set.
+    """
+    from feast import FeatureStore, RepoConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.repo_config import RegistryConfig
+
+    root = store_dir(settings)
+    offline: Any
+    registry: Any
+    if settings.feature_offline_store_url:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
+            PostgreSQLOfflineStoreConfig,
+        )
+        from feast.infra.registry.sql import SqlRegistryConfig
+
+        pg = _postgres_parts(settings.feature_offline_store_url)
+        offline = PostgreSQLOfflineStoreConfig(**pg)
+        registry = SqlRegistryConfig(path=sqlalchemy_url(pg), cache_ttl_seconds=60)
+    else:
+        from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+
+        offline = DaskOfflineStoreConfig()
+        registry = RegistryConfig(path=str(root / REGISTRY_DB), cache_ttl_seconds=60)
+    if settings.feature_online_store_url:
+        online: Any = RedisOnlineStoreConfig(
+            connection_string=_redis_connection_string(settings.feature_online_store_url)
+        )
+    else:
+        online = SqliteOnlineStoreConfig(path=str(root / ONLINE_DB))
+    config = RepoConfig(
+        project=settings.feature_project,
+        provider="local",
+        registry=registry,
+        offline_store=offline,
+        online_store=online,
+        repo_path=root,
+        entity_key_serialization_version=3,
+    )
+    return FeatureStore(config=config)
+
+
+def _layout(store: FeatureStore):  # -> repo.Layout
+    from .repo import Layout
+
+    postgres = store.config.offline_store.type == "postgres"
+    offline_dir = None if postgres else Path(str(store.config.repo_path)) / "offline"
+    return Layout(project=store.project, offline_dir=offline_dir, postgres=postgres)
+
+
+def _postgres_engine(store: FeatureStore):
+    from sqlalchemy import create_engine
+
+    cfg = store.config.offline_store
+    pg = {k: getattr(cfg, k) for k in ("host", "port", "database", "user", "password", "sslmode")}
+    return create_engine(sqlalchemy_url(pg))
+
+
+# ------------------------------------------------------------------ definitions
+def default_spec() -> DatasetSpec:
+    """The dataset whose columns the repository defines when none is given: the synthetic term."""
+    from ..synth import timeline_spec
+
+    return timeline_spec()
+
+
+def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
+    """Register the repository's definitions for ``spec``'s columns (idempotent); returns the view names.
+
+    Creates the empty history tables/directories too, so a store is readable right after apply.
+    """
+    from .repo import definitions
+
+    spec = spec or default_spec()
+    columns, activity = _spec_columns(spec)
+    layout = _layout(store)
+    objects = definitions(columns, activity, layout)
+    store.apply(objects)
+    from .repo import split_columns
+
+    for view, cols in split_columns(columns, activity).items():
+        _ensure_history(store, view, cols)
+    return [o.name for o in objects if type(o).__name__ == "FeatureView"]
+
+
+def _spec_columns(spec: DatasetSpec) -> tuple[list[ColumnSpec], list[str]]:
+    if not spec.columns:
+        raise ValueError(f"dataset '{spec.name}' declares no columns: the feature store needs typed columns")
+    return list(spec.columns), list(spec.activity_columns)
+
+
+def view_columns(store: FeatureStore) -> dict[str, list[str]]:
+    """Feature names of each registered view ({view: [feature, ...]}), from the registry (cached by feast)."""
+    return {fv.name: [f.name for f in fv.features] for fv in store.list_feature_views()}
+
+
+def feature_refs(store: FeatureStore, features: Iterable[str] | None = None) -> list[str]:
+    """``view:feature`` references for ``features`` (all registered features when None).
+
+    Raises KeyError naming the features no view provides.
+    """
+    owner = {f: v for v, fs in view_columns(store).items() for f in fs}
+    wanted = list(features) if features is not None else list(owner)
+    missing = [f for f in wanted if f not in owner]
+    if missing:
+        raise KeyError(f"no feature view provides: {', '.join(missing)}")
+    return [f"{owner[f]}:{f}" for f in wanted]
+
+
+# ------------------------------------------------------------------ writing
+def _arrow_dtype(c: ColumnSpec) -> str:
+    return {"int": "Int64", "float": "float64", "str": "object", "bool": "boolean"}[c.dtype]
+
+
+def _history_frame(rows: pd.DataFrame, cols: list[str], now: datetime) -> pd.DataFrame:
+    from .repo import CREATED, JOIN_KEY, TIMESTAMP
+
+    out = rows[[JOIN_KEY, TIMESTAMP, *cols]].copy()
+    out[JOIN_KEY] = out[JOIN_KEY].astype(str)
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True)
+    out[CREATED] = pd.Timestamp(now)
+    return out
+
+
+def _ensure_history(store: FeatureStore, view: str, cols: list[ColumnSpec]) -> None:
+    """Create a view's empty history (one typed empty parquet part / the PostgreSQL table) if missing."""
+    from .repo import CREATED, JOIN_KEY, TIMESTAMP, history_table
+
+    empty = pd.DataFrame(
+        {
+            JOIN_KEY: pd.Series([], dtype=object),
+            TIMESTAMP: pd.Series([], dtype="datetime64[us, UTC]"),
+            **{c.name: pd.Series([], dtype=_arrow_dtype(c)) for c in cols},
+            CREATED: pd.Series([], dtype="datetime64[us, UTC]"),
+        }
+    )
+    layout = _layout(store)
+    if layout.postgres:
+        from sqlalchemy import inspect
+
+        engine = _postgres_engine(store)
+        try:
+            table = history_table(view, layout.project)
+            if not inspect(engine).has_table(table):
+                empty.to_sql(table, engine, if_exists="append", index=False)
+        finally:
+            engine.dispose()
+        return
+    folder = layout.offline_dir / view
+    if not folder.exists() or not any(folder.glob("*.parquet")):
+        folder.mkdir(parents=True, exist_ok=True)
+        empty.to_parquet(folder / "part-00000-empty.parquet", index=False)
+
+
+def write_history(store: FeatureStore, view: str, rows: pd.DataFrame) -> int:
+    """Append dated rows (student_id, event_timestamp, the view's features) to a view's history.
+
+    Parquet: one new part file per call (nothing is rewritten); PostgreSQL: an INSERT. Returns the
+    number of rows written.
+    """
+    from .repo import history_table
+
+    if rows.empty:
+        return 0
+    cols = view_columns(store)[view]
+    frame = _history_frame(rows, cols, datetime.now(UTC))
+    layout = _layout(store)
+    if layout.postgres:
+        engine = _postgres_engine(store)
+        try:
+            frame.to_sql(history_table(view, layout.project), engine, if_exists="append", index=False)
+        finally:
+            engine.dispose()
+    else:
+        folder = layout.offline_dir / view
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        frame.to_parquet(folder / name, index=False)
+    return len(frame)
+
+
+def push(store: FeatureStore, rows: pd.DataFrame) -> dict[str, int]:
+    """New readings: written to the history and to the online store at once ({view: rows written}).
+
+    ``rows`` has ``student_id``, ``event_timestamp`` and any subset of the features. A view is
+    touched when the rows carry at least one of its features; its other features are carried
+    forward from the student's latest online values (a weekly attendance reading does not erase
+    the last study-hours survey), so the history holds complete rows and a point-in-time join sees
+    exactly what was known at each moment.
+    """
+    from feast.data_source import PushMode
+
+    from .repo import JOIN_KEY, TIMESTAMP, push_source_name
+
+    missing = [c for c in (JOIN_KEY, TIMESTAMP) if c not in rows.columns]
+    if missing:
+        raise ValueError(f"push rows need the columns: {', '.join(missing)}")
+    written: dict[str, int] = {}
+    rows = rows.reset_index(drop=True)
+    for view, cols in view_columns(store).items():
+        given = [c for c in cols if c in rows.columns]
+        if not given:
+            continue
+        frame = rows[[JOIN_KEY, TIMESTAMP, *given]].copy()
+        frame[JOIN_KEY] = frame[JOIN_KEY].astype(str)
+        absent = [c for c in cols if c not in given]
+        if absent:
+            latest = online_features(store, frame[JOIN_KEY].tolist(), absent)
+            for c in absent:
+                frame[c] = latest[c].to_numpy()
+        frame = frame[[JOIN_KEY, TIMESTAMP, *cols]]
+        write_history(store, view, frame)
+        online = _history_frame(frame, cols, datetime.now(UTC))
+        store.push(push_source_name(view), online, to=PushMode.ONLINE)
+        written[view] = len(frame)
+    return written
+
+
+def materialize(store: FeatureStore, end: datetime | None = None) -> None:
+    """Copy the history up to ``end`` (default now) into the online store, from where the last run stopped."""
+    store.materialize_incremental(end_date=end or datetime.now(UTC))
+
+
+# ------------------------------------------------------------------ reading
+def online_features(
+    store: FeatureStore, ids: Sequence[str], features: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Latest online values for ``ids``: one row per id in the given order, ``student_id`` + the features.
+
+    A student the store has never seen, or a feature with no value, comes back as None/NaN; the
+    caller decides what that means (the serving side answers 404 / 422).
+    """
+    from .repo import JOIN_KEY
+
+    refs = feature_refs(store, features)
+    ids = [str(i) for i in ids]
+    if not ids:
+        return pd.DataFrame(columns=[JOIN_KEY, *(r.split(":", 1)[1] for r in refs)])
+    resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
+    out = pd.DataFrame(resp.to_dict())
+    return out[[JOIN_KEY, *(r.split(":", 1)[1] for r in refs)]]
+
+
+def historical_features(
+    store: FeatureStore, entity_rows: pd.DataFrame, features: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Point-in-time correct features for (student_id, event_timestamp) rows; other columns are kept.
+
+    For each row feast takes, per view, the latest value dated at or before the row's timestamp and
+    no older than the view's TTL: a reading dated after a label time never reaches that row.
+    Rows come back in the order of ``entity_rows``.
+    """
+    from .repo import JOIN_KEY, TIMESTAMP
+
+    missing = [c for c in (JOIN_KEY, TIMESTAMP) if c not in entity_rows.columns]
+    if missing:
+        raise ValueError(f"entity rows need the columns: {', '.join(missing)}")
+    entity = entity_rows.copy()
+    entity[JOIN_KEY] = entity[JOIN_KEY].astype(str)
+    entity[TIMESTAMP] = pd.to_datetime(entity[TIMESTAMP], utc=True)
+    refs = feature_refs(store, features)
+    names = [r.split(":", 1)[1] for r in refs]
+    # Feast's file (dask) store collapses entity rows sharing (id, timestamp) (feast issue 6787) and
+    # leaves out rows no feature matched: ask once per distinct key, then join back onto every row.
+    keys = entity[[JOIN_KEY, TIMESTAMP]].drop_duplicates().reset_index(drop=True)
+    found = store.get_historical_features(entity_df=keys, features=refs).to_df()
+    found[TIMESTAMP] = pd.to_datetime(found[TIMESTAMP], utc=True)
+    found = found[[JOIN_KEY, TIMESTAMP, *names]].drop_duplicates([JOIN_KEY, TIMESTAMP])
+    kept = entity.drop(columns=[n for n in names if n in entity.columns])
+    return kept.merge(found, on=[JOIN_KEY, TIMESTAMP], how="left", validate="many_to_one")
