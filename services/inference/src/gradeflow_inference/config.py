@@ -8,10 +8,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, require_secret
+from gradeflow_shared.settings import (
+    AdminTokenSettings,
+    BaseServiceSettings,
+    FeatureStoreSettings,
+    require_secret,
+)
 
 
-class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
+class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSettings):
     """Every variable the inference service reads (no prefix; see services/inference/README.md)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -113,17 +118,18 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
         "that path (PREDICT_PATH).",
     )
 
-    feature_store_dir: Path | None = Field(
-        default=None,
-        description="Folder of the feature store's files (FEATURE_STORE_DIR); default DATA_DIR/feature_store.",
-    )
-    feature_online_store_url: str = Field(
-        default="",
-        description="Redis URL of the online store (FEATURE_ONLINE_STORE_URL); empty: SQLite in FEATURE_STORE_DIR.",
+    feature_materialize_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between scheduled materializations of the feature store's history into its "
+        "online store (FEATURE_MATERIALIZE_INTERVAL); 0: only on demand (POST /features/materialize). "
+        "Readings accepted by POST /readings go online within seconds whatever this is.",
     )
 
     @property
     def feature_store_path(self) -> Path:
+        """FEATURE_STORE_DIR as ``features.store.store_dir`` resolves it (that module imports pandas:
+        kept off the start-up path)."""
         return (self.feature_store_dir or (self.data_dir / "feature_store")).expanduser().resolve()
 
     def db_url(self) -> str:

@@ -20,6 +20,8 @@ ROUTES = frozenset(
         "/metrics",
         "/docs",
         "/openapi.json",
+        "/readings",
+        "/features/materialize",
     }
 )
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,8 +59,50 @@ class _LogCollector:
         return []
 
 
+class _FeatureCollector:
+    """The feature store's ingestion and materialization at scrape time (journal counts, last runs)."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "inference_feature_ingest_lag_seconds",
+            "Age of the oldest accepted reading not yet in the online store (0: all online)",
+            value=s["lag_seconds"],
+        )
+        yield GaugeMetricFamily(
+            "inference_feature_readings_pending",
+            "Accepted readings not yet in the online store",
+            value=s["pending"],
+        )
+        yield CounterMetricFamily(
+            "inference_feature_readings_pushed", "Readings pushed into the feature store", value=s["pushed"]
+        )
+        last = s["last_materialized_at"]
+        yield GaugeMetricFamily(
+            "inference_feature_materialized_timestamp_seconds",
+            "When the last materialization (history -> online store) finished (0: none since start)",
+            value=last or 0.0,
+        )
+        runs = CounterMetricFamily(
+            "inference_feature_materializations", "Materializations by result", labels=["result"]
+        )
+        for result, n in s["materializations"].items():
+            runs.add_metric([result], n)
+        yield runs
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class Metrics:
-    def __init__(self, log_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        log_stats: Callable[[], dict[str, Any]],
+        feature_stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "inference_requests",
@@ -92,7 +136,14 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.readings = Counter(
+            "inference_feature_readings_accepted",
+            "Readings accepted by POST /readings (committed to the journal)",
+            registry=self.registry,
+        )
         self.registry.register(_LogCollector(log_stats))  # type: ignore[arg-type]
+        if feature_stats is not None:
+            self.registry.register(_FeatureCollector(feature_stats))  # type: ignore[arg-type]
 
     def on_reload(self, ok: bool) -> None:
         self.reloads.labels("loaded" if ok else "refused").inc()

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from gradeflow_shared.contracts import FeedbackRequest
 from gradeflow_shared.errors import ErrorBody
 
+from .online.ingest import ReadingsRequest
 from .online.resolve import ID_FIELD, MAX_ID_LENGTH
 from .schema import example_record
 
@@ -35,7 +36,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # request bodies that routes parse themselves (declared with json_body) and whose schemas go in the document
-BODY_MODELS: tuple[type[BaseModel], ...] = (FeedbackRequest,)
+BODY_MODELS: tuple[type[BaseModel], ...] = (FeedbackRequest, ReadingsRequest)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -102,9 +102,13 @@ def _type_name(v: Any) -> str:
 class RecordValidator:
     """Validates records against one manifest's feature schema (immutable, shared by threads)."""
 
-    def __init__(self, manifest: Manifest, max_string_length: int = DEFAULT_MAX_STRING_LENGTH) -> None:
+    def __init__(
+        self, manifest: Manifest | list[FeatureSpec], max_string_length: int = DEFAULT_MAX_STRING_LENGTH
+    ) -> None:
+        """``manifest``: the serving model's (or a bare list of features: the feature store's schema)."""
         self.max_string_length = max_string_length
-        self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in manifest.features)
+        specs = manifest if isinstance(manifest, list) else manifest.features
+        self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in specs)
         self.feature_names: tuple[str, ...] = tuple(f.name for f in self.features)
         self.names: frozenset[str] = frozenset(self.feature_names)
         # one getter per feature: a column is list(map(getter, records)), a loop in C
@@ -124,11 +128,15 @@ class RecordValidator:
             categories=frozenset(f.categories) if f.categories is not None else None,
         )
 
-    def validate(self, records: list[Any], batch: bool) -> Batch:
+    def validate(self, records: list[Any], batch: bool, partial: bool = False) -> Batch:
         """Check every record; raise InvalidInput (422) listing the problems, else return the columns.
 
-        Big batches take a column-wise fast path (set of value types + numpy bound checks); any doubt
-        falls back to the record-by-record path, which produces the exact error list."""
+        ``partial``: a record may leave features out (feature store readings carry some features only;
+        an absent one is None in the columns). Big full batches take a column-wise fast path (set of value
+        types + numpy bound checks); any doubt falls back to the record-by-record path, which produces the
+        exact error list."""
+        if partial:
+            return self._validate_records(records, batch, partial=True)
         if len(records) > 8:
             fast = self._validate_columns(records)
             if fast is not None:
@@ -184,7 +192,7 @@ class RecordValidator:
                 columns[name] = col
         return Batch(n=len(records), columns=columns, unseen=unseen)
 
-    def _validate_records(self, records: list[Any], batch: bool) -> Batch:
+    def _validate_records(self, records: list[Any], batch: bool, partial: bool = False) -> Batch:
         n = len(records)
         columns: dict[str, list[Any]] = {f.name: [None] * n for f in self.features}
         unseen: dict[str, int] = {}
@@ -215,7 +223,8 @@ class RecordValidator:
             for f in self.features:
                 name = f.name
                 if name not in rec:
-                    errors.append(self._err(batch, i, name, "missing", "field required"))
+                    if not partial:
+                        errors.append(self._err(batch, i, name, "missing", "field required"))
                     continue
                 v = rec[name]
                 if v is None:

@@ -35,6 +35,9 @@ class Layout:
     views: tuple[ViewLayout, ...]
     sqlite_path: str | None = None  # relative to FEATURE_STORE_DIR unless absolute
     key_serialization_version: int = 3
+    schema: tuple[
+        dict[str, Any], ...
+    ] = ()  # FeatureSpec fields of every stored feature (readings are checked)
     feature_view: dict[str, str] = field(default_factory=dict, compare=False)  # feature -> its view
 
     def __post_init__(self) -> None:
@@ -69,7 +72,41 @@ class Layout:
             views=views,
             sqlite_path=d.get("sqlite_path"),
             key_serialization_version=int(d.get("key_serialization_version", 3)),
+            schema=tuple(d.get("schema", ())),
         )
+
+
+def layout_of(store: Any, columns: list[Any]) -> Layout:
+    """The layout of an applied Feast ``FeatureStore`` (its registry and online store config) with the
+    dataset ``columns`` (ColumnSpec) as the readings' schema. Feast is not imported here: the caller has
+    the store."""
+    views = tuple(
+        ViewLayout(
+            name=fv.name,
+            features=tuple(f.name for f in fv.features),
+            ttl_seconds=fv.ttl.total_seconds() if fv.ttl else None,
+            push_source=getattr(fv.stream_source, "name", None),
+        )
+        for fv in sorted(store.list_feature_views(), key=lambda v: v.name)
+    )
+    online = store.config.online_store
+    root = Path(str(store.config.repo_path))
+    sqlite_path = None
+    if getattr(online, "type", "") == "sqlite":
+        p = Path(online.path)
+        sqlite_path = str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+    stored = {f for v in views for f in v.features}
+    schema = tuple(
+        {**c.model_dump(exclude={"description"}), "nullable": True} for c in columns if c.name in stored
+    )
+    return Layout(
+        project=store.project,
+        join_key=next(iter(store.list_entities())).join_key,
+        views=views,
+        sqlite_path=sqlite_path,
+        key_serialization_version=store.config.entity_key_serialization_version,
+        schema=schema,
+    )
 
 
 def write_layout(store_dir: Path, layout: Layout) -> Path:

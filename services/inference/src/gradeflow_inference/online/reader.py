@@ -46,6 +46,10 @@ class OnlineFeatures(Protocol):
         """One entry per id, in order: None for a student the store does not know."""
         ...
 
+    def layout(self) -> Layout | None:
+        """The applied repository's layout (None before the first apply)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -221,7 +225,7 @@ class RedisOnline(_LayoutReader):
         project = layout.project.encode()
         with self._client.pipeline(transaction=False) as pipe:
             for i in ids:
-                pipe.hmget(entity_key(layout.join_key, i) + project, fields)
+                pipe.hmget(entity_key(layout.join_key, i) + project, fields)  # type: ignore[arg-type]
             replies = pipe.execute()
         now = time.time()
         out: list[StudentRow | None] = []
