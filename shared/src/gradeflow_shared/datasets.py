@@ -132,6 +132,7 @@ def _builtin(name: str) -> DatasetSpec | None:
             # G1 / G2 are the first and second period grades of the same year: they leak the target.
             drop=["G1", "G2"],
             columns=_uci_columns(),
+            activity_columns=["studytime", "absences", "health"],  # the feature store's activity view
             description=f"UCI Student Performance ({'Portuguese' if course == 'por' else 'Mathematics'})",
         )
     if name == "spf":

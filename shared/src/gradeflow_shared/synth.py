@@ -6,14 +6,21 @@ attendance, a sleep optimum, interactions (motivation x study, extracurricular x
 internet x study) and Gaussian noise. ``generate(n, seed)`` is deterministic: the same
 arguments give an identical frame. Every random draw happens in the same order whatever the
 scenario, so a scenario changes only what it says it changes.
+
+Two modes: ``generate`` gives flat rows (one per student, no time); ``generate_term`` gives the
+same students with ids over a term of dated readings and final grades with label times, for the
+feature store.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from .datasets import ColumnSpec, DatasetSpec
+from .history import EVENT_TIMESTAMP, STUDENT_ID, History, student_ids
 
 TARGET = "final_grade"
 TARGET_MIN = 0.0
@@ -313,3 +320,92 @@ def timeline_spec(
         "GradeFlow synthetic students over a term (dated readings, final grades with label times)"
     )
     return spec
+
+
+TERM_WEEKS = 16
+TERM_START = datetime(2026, 1, 5, tzinfo=UTC)
+"""Default first Monday of the generated term (any timezone-aware datetime may be given)."""
+SURVEY_WEEKS = (2, 6, 10, 14)  # study-hour and sleep surveys
+GRADE_WEEKS = (1, 6, 11, 16)  # term grades posted (week 1: the diagnostic test)
+LABEL_DELAY = timedelta(days=3)  # the final grade is known three days after the last week
+
+
+def generate_term(
+    students: int,
+    seed: int = 0,
+    scenario: str | None = None,
+    severity: float = 1.0,
+    start: datetime = TERM_START,
+    weeks: int = TERM_WEEKS,
+) -> History:
+    """A term of dated readings for ``students`` students (ids ``S-00001`` ...), and their final grades.
+
+    Each student's final state and final grade are the flat mode's row for the same arguments
+    (``generate(students, seed, scenario, severity)``), so the grade keeps its function of the
+    features. Around it the term unfolds week by week: attendance readings converge to the final
+    attendance, absences accumulate to the final count, study hours and sleep come from surveys
+    (noisy measurements carried forward until the next one), tutoring is counted from week one,
+    term grades are posted four times (``term_grade`` = their running mean). Profile facts are
+    dated the day before the term; the final grade's label time is three days after the last week.
+    Same arguments -> identical frames.
+    """
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    if weeks < max(GRADE_WEEKS[-1], SURVEY_WEEKS[-1]) or weeks > 52:
+        raise ValueError(f"weeks must be between {GRADE_WEEKS[-1]} and 52")
+    flat = generate(students, seed=seed, scenario=scenario, severity=severity)
+    ids = student_ids(students, "S")
+    rng = np.random.default_rng([seed, 20260105])  # a stream of its own: the flat draws stay as they are
+    hours = rng.integers(8, 8 + 5 * 24, size=(weeks, students))  # when in the week the reading came
+    z_att, z_grade = rng.standard_normal((2, weeks, students))
+    z_study, z_sleep = rng.standard_normal((2, len(SURVEY_WEEKS), students))
+
+    profile_cols = [c.name for c in COLUMNS if c.name not in ACTIVITY_COLUMNS]
+    profile = pd.DataFrame({STUDENT_ID: ids, EVENT_TIMESTAMP: pd.Timestamp(start - timedelta(days=1))})
+    profile = pd.concat([profile, flat[profile_cols].reset_index(drop=True)], axis=1)
+
+    attendance = flat["attendance_pct"].to_numpy(dtype=float)
+    absences = flat["absences"].to_numpy(dtype=float)
+    study = flat["study_hours_per_week"].to_numpy(dtype=float)
+    sleep = flat["sleep_hours"].to_numpy(dtype=float)
+    final = flat[TARGET].to_numpy(dtype=float)
+    weekly = []
+    study_now = sleep_now = np.full(students, np.nan)
+    posted: list[np.ndarray] = []
+    for w in range(1, weeks + 1):
+        if w in SURVEY_WEEKS:
+            k = SURVEY_WEEKS.index(w)
+            study_now = np.clip(study + 2.0 * z_study[k], 0, 40).round(1)
+            sleep_now = np.clip(sleep + 0.5 * z_sleep[k], 3, 12).round(1)
+        elif w == 1:  # before the first survey: last year's answers, i.e. the same noisy measurement
+            study_now = np.clip(study + 2.0 * z_study[0], 0, 40).round(1)
+            sleep_now = np.clip(sleep + 0.5 * z_sleep[0], 3, 12).round(1)
+        if w in GRADE_WEEKS:
+            posted.append(np.clip(final + 1.5 * z_grade[w - 1], 0, 20))
+        att = attendance if w == weeks else np.clip(attendance + 8.0 * z_att[w - 1] / np.sqrt(w), 0, 100)
+        weekly.append(
+            pd.DataFrame(
+                {
+                    STUDENT_ID: ids,
+                    EVENT_TIMESTAMP: pd.Timestamp(start + timedelta(weeks=w - 1))
+                    + pd.to_timedelta(hours[w - 1], unit="h"),
+                    "study_hours_per_week": study_now,
+                    "attendance_pct": np.round(att, 1),
+                    "absences": np.round(absences * w / weeks).astype(int),
+                    "sleep_hours": sleep_now,
+                    "tutoring_sessions": flat["tutoring_sessions"].to_numpy(),
+                    "term_grade": np.mean(posted, axis=0).round(2),
+                }
+            )
+        )
+    activity = pd.concat(weekly, ignore_index=True).sort_values(
+        [EVENT_TIMESTAMP, STUDENT_ID], ignore_index=True
+    )
+    labels = pd.DataFrame(
+        {
+            STUDENT_ID: ids,
+            EVENT_TIMESTAMP: pd.Timestamp(start + timedelta(weeks=weeks) + LABEL_DELAY),
+            TARGET: final,
+        }
+    )
+    return History(profile=profile, activity=activity, labels=labels, target=TARGET)

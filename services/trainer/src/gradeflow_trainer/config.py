@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 
-from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, InferenceUrlSettings
+from gradeflow_shared.settings import (
+    AdminTokenSettings,
+    BaseServiceSettings,
+    FeatureStoreSettings,
+    InferenceUrlSettings,
+)
 
 
-class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSettings):
+class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSettings, FeatureStoreSettings):
     """Every variable the trainer reads (no prefix)."""
 
     trainer_port: int = Field(default=8001, description="Port of the trainer's HTTP API (TRAINER_PORT).")
@@ -30,6 +36,12 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         default="synthetic",
         description="Base training data (DATASET): 'synthetic', a builtin name (uci-por, uci-mat, spf, sp) or "
         "the path of a JSON dataset spec.",
+    )
+    feature_source: Literal["dataset", "feast"] = Field(
+        default="dataset",
+        description="Where training rows come from (FEATURE_SOURCE): 'dataset' reads DATASET as flat rows; "
+        "'feast' seeds DATASET into the feature store once (the synthetic data as a term of dated readings) "
+        "and builds each training row from the features known at its label time (point-in-time join).",
     )
     dataset_root: str = Field(
         default="",

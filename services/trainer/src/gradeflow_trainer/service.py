@@ -27,7 +27,7 @@ import json
 import logging
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from . import mix as mixing
 from . import promotion as pr
 from .config import TrainerSettings
 from .export import export_model, kept_export, load_export
+from .feature_source import lineage_params
 from .jobs import current_job_id
 from .labelled import REASONS, LabelledRows, clean_labelled
 from .pipeline import FitResult, evaluate, fit, naive_metrics, split
@@ -171,6 +172,7 @@ class TrainingData:
     y_refit: pd.Series | None = None
     refit_weights: np.ndarray | None = None
     refit_base_rows: int = 0  # residual mix: X_refit holds this many base rows, then production rows
+    feature_lineage: dict[str, Any] | None = None  # FEATURE_SOURCE=feast: the views and versions used
 
     def eval_sets(self) -> EvalSets:
         sets: EvalSets = {gate.BASE: (self.X_test, self.y_test)}
@@ -182,10 +184,21 @@ class TrainingData:
 def assemble_data(
     settings: TrainerSettings, request: RetrainRequest, dataset: str | None = None
 ) -> TrainingData:
-    """Base dataset + labelled production rows, split into training, holdouts and reference."""
-    spec, X, y, columns = load_base(settings, dataset)
+    """Base dataset + labelled production rows, split into training, holdouts and reference.
+
+    FEATURE_SOURCE=feast: the base rows are the feature store's point-in-time join (``feature_source``).
+    """
+    lineage: dict[str, Any] | None = None
+    if settings.feature_source == "feast":
+        from .feature_source import store_training_set
+
+        got = store_training_set(settings, dataset)
+        spec, X, y, columns, lineage = got.spec, got.X, got.y, got.columns, got.lineage
+    else:
+        spec, X, y, columns = load_base(settings, dataset)
     prod = pull_labelled(settings, spec, columns) if request.use_production_data else None
-    return training_data(settings, spec, columns, X, y, prod)
+    data = training_data(settings, spec, columns, X, y, prod)
+    return replace(data, feature_lineage=lineage) if lineage else data
 
 
 def training_data(
@@ -465,6 +478,8 @@ def write_export_artifacts(
         "metrics": metrics,
     }
     (folder / "meta.json").write_text(json.dumps(meta))
+    if data.feature_lineage:
+        (folder / "feature_views.json").write_text(json.dumps(data.feature_lineage, indent=1))
     return folder
 
 
@@ -517,6 +532,15 @@ def run_record(
             **({JOB_TAG: job_id} if (job_id := current_job_id()) else {}),
             **mix_tags,
             **refit_tags,
+            **(
+                {
+                    "gradeflow.feature_views": json.dumps(
+                        {n: v["version"] for n, v in data.feature_lineage["views"].items()}
+                    )
+                }
+                if data.feature_lineage
+                else {}
+            ),
         },
         params={
             "dataset": spec.name,
@@ -539,6 +563,7 @@ def run_record(
             **{f"model.{k}": v for k, v in fitted.params.items()},
             **mix_params,
             **refit_params,
+            **lineage_params(data.feature_lineage),
         },
         metrics={
             **cand.metrics,

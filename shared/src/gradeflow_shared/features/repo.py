@@ -74,9 +74,10 @@ def split_columns(columns: list[ColumnSpec], activity: list[str]) -> dict[str, l
         raise ValueError(f"activity columns not among the dataset's features: {', '.join(unknown)}")
     act = [c for c in columns if c.name in activity]
     prof = [c for c in columns if c.name not in activity]
-    if not act or not prof:
-        raise ValueError("a dataset needs at least one profile column and one activity column")
-    return {PROFILE_VIEW: prof, ACTIVITY_VIEW: act}
+    if not prof:
+        raise ValueError("a dataset needs at least one profile column (not every column can be activity)")
+    # a dataset without time-varying columns (no activity_columns) has a profile view only
+    return {PROFILE_VIEW: prof, **({ACTIVITY_VIEW: act} if act else {})}
 
 
 def _batch_source(view: str, layout: Layout) -> DataSource:

@@ -142,11 +142,16 @@ def feature_store(settings: FeatureStoreSettings) -> FeatureStore:
     return FeatureStore(config=config)
 
 
+def store_root(store: FeatureStore) -> Path:
+    """The store's folder (FEATURE_STORE_DIR): registry, parquet history, SQLite online store."""
+    return Path(str(store.config.repo_path))
+
+
 def _layout(store: FeatureStore):  # -> repo.Layout
     from .repo import Layout
 
     postgres = store.config.offline_store.type == "postgres"
-    offline_dir = None if postgres else Path(str(store.config.repo_path)) / "offline"
+    offline_dir = None if postgres else store_root(store) / "offline"
     return Layout(project=store.project, offline_dir=offline_dir, postgres=postgres)
 
 
@@ -170,19 +175,27 @@ def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
     """Register the repository's definitions for ``spec``'s columns (idempotent); returns the view names.
 
     Creates the empty history tables/directories too, so a store is readable right after apply.
+    A store whose views already hold other features is refused (ConfigError): its history tables
+    have those columns; another dataset needs another FEATURE_PROJECT (or FEATURE_STORE_DIR).
     """
-    from .repo import definitions
+    from .repo import definitions, split_columns
 
     spec = spec or default_spec()
     columns, activity = _spec_columns(spec)
-    layout = _layout(store)
-    objects = definitions(columns, activity, layout)
+    wanted = {v: [c.name for c in cols] for v, cols in split_columns(columns, activity).items()}
+    held = view_columns(store)
+    clash = [v for v in wanted if v in held and held[v] != wanted[v]] + [v for v in held if v not in wanted]
+    if clash:
+        raise ConfigError(
+            f"feature project '{store.project}' already defines {', '.join(sorted(set(clash)))} with other "
+            f"features than dataset '{spec.name}': set FEATURE_PROJECT (or FEATURE_STORE_DIR) to a new value "
+            "for this dataset"
+        )
+    objects = definitions(columns, activity, _layout(store))
     store.apply(objects)
-    from .repo import split_columns
-
     for view, cols in split_columns(columns, activity).items():
         _ensure_history(store, view, cols)
-    return [o.name for o in objects if type(o).__name__ == "FeatureView"]
+    return list(wanted)
 
 
 def _spec_columns(spec: DatasetSpec) -> tuple[list[ColumnSpec], list[str]]:
@@ -370,3 +383,23 @@ def historical_features(
     found = found[[JOIN_KEY, TIMESTAMP, *names]].drop_duplicates([JOIN_KEY, TIMESTAMP])
     kept = entity.drop(columns=[n for n in names if n in entity.columns])
     return kept.merge(found, on=[JOIN_KEY, TIMESTAMP], how="left", validate="many_to_one")
+
+
+def lineage(store: FeatureStore) -> dict[str, Any]:
+    """What a model trained from the store used: project, store types, and per view its version
+    (hash of the definition), features, TTL and entity. Logged with the training run."""
+    views = {
+        fv.name: {
+            "version": fv.tags.get("gradeflow_version", ""),
+            "features": [f.name for f in fv.features],
+            "ttl_seconds": int(fv.ttl.total_seconds()) if fv.ttl else 0,
+            "entities": list(fv.entities),
+        }
+        for fv in sorted(store.list_feature_views(), key=lambda v: v.name)
+    }
+    return {
+        "project": store.project,
+        "offline_store": store.config.offline_store.type,
+        "online_store": store.config.online_store.type,
+        "views": views,
+    }
