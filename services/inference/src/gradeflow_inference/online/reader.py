@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SQLITE_MAX_PARAMS = 900  # ids per SELECT (SQLite's default limit of bound parameters is 999)
 LAYOUT_CHECK_SECONDS = 1.0
+CACHE_MAX = 200_000  # students a thread keeps decoded (dropped at any write to the store, or when full)
 
 
 @dataclass
@@ -91,45 +92,51 @@ class _LayoutReader:
         """Called when the layout changed (subclasses drop what they derived from the old one)."""
 
 
-def _row(
-    views: dict[str, tuple[float | None, dict[str, bytes | None]]], layout: Layout, now: float
-) -> StudentRow:
-    """One student's StudentRow from the raw values of each view (event time, feature -> bytes)."""
+_Views = dict[str, tuple[float | None, dict[str, Any]]]  # view -> (event time, feature -> decoded value)
+
+
+def _row(views: _Views, layout: Layout, now: float) -> StudentRow:
+    """One student's StudentRow from the decoded values of each view (expired ones set apart)."""
     row = StudentRow()
-    for view_name, (ts, raw) in views.items():
+    for view_name, (ts, values) in views.items():
         ttl = layout.view(view_name).ttl_seconds
-        stale = ttl is not None and ts is not None and now - ts > ttl
-        for feat, buf in raw.items():
-            if stale:
-                row.expired[feat] = ts  # type: ignore[assignment]
-            else:
-                row.values[feat] = decode_value(buf)
+        if ttl is not None and ts is not None and now - ts > ttl:
+            row.expired.update(dict.fromkeys(values, ts))
+        else:
+            row.values.update(values)
     return row
 
 
 class SqliteOnline(_LayoutReader):
-    """Feast's SQLite online store: one table per feature view, one row per (entity key, feature)."""
+    """Feast's SQLite online store: one table per feature view, one row per (entity key, feature).
 
-    def __init__(self, store_dir: Path) -> None:
+    Each thread keeps its connection and a cache of the students it read (decoded). The cache is dropped
+    whenever the database changed (``PRAGMA data_version`` moves when another connection commits: a push,
+    a materialization), so a hit is never staler than the last write; time to live is judged at each read.
+    """
+
+    def __init__(self, store_dir: Path, cache_max: int = CACHE_MAX) -> None:
         super().__init__(store_dir)
         self._local = threading.local()
         self._generation = 0
+        self.cache_max = cache_max
 
     def on_layout(self, layout: Layout | None) -> None:
-        self._generation += 1  # connections of every thread reopen (the file may have moved)
+        self._generation += 1  # connections (and caches) of every thread reopen (the file may have moved)
 
     def _conn(self, layout: Layout) -> sqlite3.Connection | None:
-        if getattr(self._local, "generation", None) == self._generation:
-            return self._local.conn  # type: ignore[no-any-return]
-        path = Path(layout.sqlite_path or "online_store.db")
+        local = self._local
+        if getattr(local, "generation", None) == self._generation:
+            return local.conn  # type: ignore[no-any-return]
+        path = Path(layout.sqlite_path or "online.db")
         path = path if path.is_absolute() else self.store_dir / path
         if not path.exists():
             return None  # not materialized yet: nobody is known
-        old = getattr(self._local, "conn", None)
+        old = getattr(local, "conn", None)
         if old is not None:
             old.close()
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        self._local.conn, self._local.generation = conn, self._generation
+        local.conn, local.generation, local.cache, local.version = conn, self._generation, {}, None
         return conn
 
     def get(self, ids: Sequence[str]) -> list[StudentRow | None]:
@@ -139,16 +146,30 @@ class SqliteOnline(_LayoutReader):
         conn = self._conn(layout)
         if conn is None:
             return [None] * len(ids)
+        local = self._local
+        version = conn.execute("pragma data_version").fetchone()[0]
+        cache: dict[bytes, _Views] = local.cache
+        if version != local.version or len(cache) > self.cache_max:
+            cache.clear()
+            local.version = version
         keys = [entity_key(layout.join_key, i) for i in ids]
-        pos: dict[bytes, list[int]] = {}
-        for i, k in enumerate(keys):
-            pos.setdefault(k, []).append(i)
-        found: list[dict[str, tuple[float | None, dict[str, bytes | None]]]] = [{} for _ in ids]
-        uniq = list(pos)
+        todo = [k for k in dict.fromkeys(keys) if k not in cache]
+        if todo:
+            fresh = self._read(conn, layout, todo)
+            for k in todo:
+                cache[k] = fresh.get(k, {})
+        now = time.time()
+        return [_row(v, layout, now) if (v := cache[k]) else None for k in keys]
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, layout: Layout, keys: list[bytes]) -> dict[bytes, _Views]:
+        found: dict[bytes, _Views] = {}
         for view in layout.views:
             table = f'"{layout.project}_{view.name}"'
-            for start in range(0, len(uniq), SQLITE_MAX_PARAMS):
-                chunk = uniq[start : start + SQLITE_MAX_PARAMS]
+            wanted = frozenset(view.features)
+            name = view.name
+            for start in range(0, len(keys), SQLITE_MAX_PARAMS):
+                chunk = keys[start : start + SQLITE_MAX_PARAMS]
                 sql = (
                     f"SELECT entity_key, feature_name, value, event_ts FROM {table} "
                     f"WHERE entity_key IN ({','.join('?' * len(chunk))})"
@@ -159,27 +180,17 @@ class SqliteOnline(_LayoutReader):
                     if "no such table" in str(exc):
                         break  # the view was never materialized
                     raise
-                self._collect(rows, view, pos, found)
-        now = time.time()
-        return [_row(v, layout, now) if v else None for v in found]
-
-    @staticmethod
-    def _collect(
-        rows: list[Any],
-        view: ViewLayout,
-        pos: dict[bytes, list[int]],
-        found: list[dict[str, tuple[float | None, dict[str, bytes | None]]]],
-    ) -> None:
-        wanted = set(view.features)
-        for key, feat, value, ts in rows:
-            if feat not in wanted:
-                continue
-            t = _local_epoch_to_utc(int(ts)) if ts is not None else None
-            for i in pos[key]:
-                entry = found[i].get(view.name)
-                if entry is None:
-                    entry = found[i][view.name] = (t, {})
-                entry[1][feat] = value
+                for key, feat, value, ts in rows:
+                    if feat in wanted:
+                        views = found.get(key)
+                        if views is None:
+                            views = found[key] = {}
+                        entry = views.get(name)
+                        if entry is None:
+                            t = _local_epoch_to_utc(int(ts)) if ts is not None else None
+                            entry = views[name] = (t, {})
+                        entry[1][feat] = decode_value(value)
+        return found
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -230,13 +241,13 @@ class RedisOnline(_LayoutReader):
         now = time.time()
         out: list[StudentRow | None] = []
         for reply in replies:
-            views: dict[str, tuple[float | None, dict[str, bytes | None]]] = {}
+            views: _Views = {}
             for (view, feat), buf in zip(meaning, reply, strict=True):
                 if feat == "":
                     if buf is not None:
                         views[view.name] = (decode_timestamp(buf), {})
                 elif buf is not None and view.name in views:
-                    views[view.name][1][feat] = buf
+                    views[view.name][1][feat] = decode_value(buf)
             out.append(_row(views, layout, now) if views else None)
         return out
 

@@ -15,6 +15,7 @@ string, int32, int64, double, float, bool, unix timestamp, null); a list or map 
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -24,21 +25,16 @@ _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
 
 
+@functools.lru_cache(maxsize=8)
+def _key_prefix(join_key: str) -> bytes:
+    k = join_key.encode()
+    return b"".join((_U32.pack(1), _U32.pack(STRING_TYPE), _U32.pack(len(k)), k, _U32.pack(STRING_TYPE)))
+
+
 def entity_key(join_key: str, value: str) -> bytes:
     """Feast's serialized entity key (version 3) of one string join key, e.g. ``student_id = "s1"``."""
-    k = join_key.encode()
     v = value.encode()
-    return b"".join(
-        (
-            _U32.pack(1),
-            _U32.pack(STRING_TYPE),
-            _U32.pack(len(k)),
-            k,
-            _U32.pack(STRING_TYPE),
-            _U32.pack(len(v)),
-            v,
-        )
-    )
+    return _key_prefix(join_key) + _U32.pack(len(v)) + v
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
