@@ -41,9 +41,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> SeededStore:
 
 
 @pytest.fixture
-def client(
-    seeded: SeededStore, model_dir: Path, make_settings: Callable[..., Any]
-) -> Iterator[TestClient]:
+def client(seeded: SeededStore, model_dir: Path, make_settings: Callable[..., Any]) -> Iterator[TestClient]:
     cfg = make_settings(model_dir, feature_store_dir=seeded.settings.feature_store_path)
     with TestClient(create_app(cfg)) as c:
         yield c
@@ -102,9 +100,7 @@ def test_sent_features_override_stored_and_are_logged(
     full = _record(seeded, sid, list(fitted.records[0]))
     changed = {**full, "attendance_pct": 20.0, "study_hours_per_week": 0.0}
     want = client.post("/predict", json=changed).json()["predictions"][0]["prediction"]
-    r = client.post(
-        "/predict", json={"student_id": sid, "attendance_pct": 20.0, "study_hours_per_week": 0.0}
-    )
+    r = client.post("/predict", json={"student_id": sid, "attendance_pct": 20.0, "study_hours_per_week": 0.0})
     assert r.status_code == 200, r.text
     rid = r.json()["predictions"][0]["request_id"]
     assert r.json()["predictions"][0]["prediction"] == pytest.approx(want, abs=1e-6)
@@ -136,7 +132,9 @@ def test_expired_or_missing_features_are_422_naming_them(client: TestClient) -> 
     assert "OLD-1" in r.json()["message"]
     r = client.post("/predict", json={"student_id": "NEW-1"})
     assert r.status_code == 422
-    assert {(d["field"], d["rule"]) for d in r.json()["details"]} == {(f, "feature_missing") for f in ACTIVITY}
+    assert {(d["field"], d["rule"]) for d in r.json()["details"]} == {
+        (f, "feature_missing") for f in ACTIVITY
+    }
     # sending what is missing makes the prediction possible
     sent = {"study_hours_per_week": 5.0, "attendance_pct": 90.0, "absences": 2, "sleep_hours": 7.0}
     r = client.post("/predict", json={"student_id": "NEW-1", **sent, "tutoring_sessions": 1})
@@ -229,9 +227,7 @@ def test_bad_readings_are_refused_whole_naming_field_and_index(client: TestClien
     }
 
 
-def test_readings_reach_predictions_and_the_lag_metric_moves(
-    client: TestClient, seeded: SeededStore
-) -> None:
+def test_readings_reach_predictions_and_the_lag_metric_moves(client: TestClient, seeded: SeededStore) -> None:
     sid = seeded.ids[7]
     before = client.post("/predict", json={"student_id": sid}).json()["predictions"][0]["prediction"]
     assert _metric(client, "inference_feature_ingest_lag_seconds") == 0.0
@@ -262,3 +258,36 @@ def test_readings_reach_predictions_and_the_lag_metric_moves(
     assert r.status_code == 200, r.text
     assert _metric(client, 'inference_feature_materializations_total{result="ok"}') >= 1
     assert _metric(client, "inference_feature_materialized_timestamp_seconds") > time.time() - 60
+
+
+def test_lag_gauge_counts_waiting_readings_until_pushed(seeded: SeededStore, tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from gradeflow_inference.metrics import Metrics
+    from gradeflow_inference.online.journal import ReadingJournal
+    from gradeflow_inference.online.materializer import Materializer
+
+    journal = ReadingJournal(tmp_path / "readings.db")
+    mat = Materializer(seeded.settings, journal, interval=0)  # not started: nothing pushes on its own
+    metrics = Metrics(dict, mat.stats)
+
+    def gauge(name: str) -> float:
+        for line in generate_latest(metrics.registry).decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split(" ")[1])
+        raise AssertionError(name)
+
+    assert gauge("inference_feature_ingest_lag_seconds") == 0.0
+    journal.add([{"student_id": seeded.ids[11], "event_timestamp": reading_time(0), "absences": 9}])
+    time.sleep(1.2)
+    assert gauge("inference_feature_readings_pending") == 1.0
+    assert gauge("inference_feature_ingest_lag_seconds") >= 1.0
+    assert gauge("inference_feature_materialized_timestamp_seconds") == 0.0
+    assert mat.materialize_now().result(timeout=120)["pushed"] == 1
+    assert gauge("inference_feature_readings_pending") == 0.0
+    assert gauge("inference_feature_ingest_lag_seconds") == 0.0
+    assert gauge("inference_feature_materialized_timestamp_seconds") > time.time() - 120
+    row = SqliteOnline(seeded.settings.feature_store_path).get([seeded.ids[11]])[0]
+    assert row is not None and row.values["absences"] == 9
+    mat.stop()
+    journal.close()

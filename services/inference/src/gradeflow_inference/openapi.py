@@ -142,7 +142,7 @@ def model_openapi(app: FastAPI, max_records: int) -> Callable[[], dict[str, Any]
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"oneOf": [_ref("Record"), _ref("StudentRef"), batch, ids]},
+                    "schema": {"oneOf": [_ref("Record"), batch, _ref("StudentRef"), ids]},
                     "examples": {
                         "one record": {"value": example},
                         "batch": {"value": {"records": [example, example]}},
