@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: a real mlflow server, PostgreSQL.
+"""Fixtures shared by every test folder: a real mlflow server, PostgreSQL, Redis.
 
 ``REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns a skip for a missing PostgreSQL or Docker
 into a failure, since CI here has both. The helpers behind them live in ``gradeflow_testkit.services``.
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from gradeflow_shared.procs import ServiceProcess
-from gradeflow_testkit.services import PG_ADMIN_URL, need, pg_problem, start_mlflow
+from gradeflow_testkit.services import PG_ADMIN_URL, REDIS_URL, need, pg_problem, redis_problem, start_mlflow
 
 
 @pytest.fixture
@@ -34,6 +34,18 @@ def postgres_url() -> Iterator[str]:
         with eng.connect() as c:
             c.execute(sa.text(f'drop schema "{schema}" cascade'))
         eng.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server of TEST_REDIS_URL (default 127.0.0.1:6379, db 0); skips without it.
+
+    Shared by every test: a test keeps to keys of its own (e.g. a unique feature project).
+    """
+    problem = redis_problem()
+    if problem:
+        need(problem)
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

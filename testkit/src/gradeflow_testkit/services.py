@@ -1,4 +1,4 @@
-"""Skipping for a missing service, PostgreSQL, and a real mlflow server on a free port."""
+"""Skipping for a missing service (PostgreSQL, Redis), and a real mlflow server on a free port."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gradeflow_shared.procs import ServiceProcess, bin_path
 from gradeflow_testkit.servers import free_port
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def need(reason: str) -> None:
@@ -32,6 +33,19 @@ def pg_problem() -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 - any failure means "not available"
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}: {str(exc)[:200]}"
+
+
+def redis_problem() -> str | None:
+    """Why Redis cannot be used, or None when it answers PING."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        return f"Redis not reachable at {REDIS_URL}: {exc.__class__.__name__}: {str(exc)[:200]}"
 
 
 def start_mlflow(tmp: Path, backend: str | None = None, **extra: str) -> ServiceProcess:

@@ -32,7 +32,7 @@ SEEDED = "seeded.json"
 
 def store_spec(spec: DatasetSpec) -> DatasetSpec:
     """The spec the store holds for a training dataset: the synthetic term for 'synthetic', else itself."""
-    if spec.path is None and spec.name == "synthetic":
+    if spec.path is None:
         return timeline_spec(
             students=spec.rows, seed=spec.seed, scenario=spec.scenario, severity=spec.severity
         )

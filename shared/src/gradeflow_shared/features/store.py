@@ -6,7 +6,10 @@ its cold start must not pay for feast unless a request needs the store.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 ONLINE_DB = "online.db"
 REGISTRY_DB = "registry.db"
+EMPTY_PART = "part-00000-empty.parquet"  # a typed, empty history: readable right after apply
+MAX_PARTS = 64  # parquet parts of a view before they are compacted into one
 
 
 # ------------------------------------------------------------------ configuration
@@ -227,10 +232,30 @@ def _arrow_dtype(c: ColumnSpec) -> str:
     return {"int": "Int64", "float": "float64", "str": "object", "bool": "boolean"}[c.dtype]
 
 
-def _history_frame(rows: pd.DataFrame, cols: list[str], now: datetime) -> pd.DataFrame:
+def _view_dtypes(store: FeatureStore, view: str) -> dict[str, str]:
+    """pandas dtype of each feature of a registered view (what its history columns hold)."""
+    kinds = {
+        "Int64": "Int64",
+        "Int32": "Int64",
+        "Float64": "float64",
+        "Float32": "float64",
+        "Bool": "boolean",
+    }
+    fv = store.get_feature_view(view)
+    return {f.name: kinds.get(str(f.dtype), "object") for f in fv.features}
+
+
+def _history_frame(
+    rows: pd.DataFrame, cols: list[str], now: datetime, dtypes: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """The rows as history columns (ids as text, UTC timestamps, typed features even when all empty)."""
     from .repo import CREATED, JOIN_KEY, TIMESTAMP
 
     out = rows[[JOIN_KEY, TIMESTAMP, *cols]].copy()
+    for c, dtype in (dtypes or {}).items():
+        if c in out.columns:
+            col = out[c]
+            out[c] = col.astype(object).where(col.notna(), None) if dtype == "object" else col.astype(dtype)  # type: ignore[call-overload]
     out[JOIN_KEY] = out[JOIN_KEY].astype(str)
     out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True)
     out[CREATED] = pd.Timestamp(now)
@@ -264,7 +289,7 @@ def _ensure_history(store: FeatureStore, view: str, cols: list[ColumnSpec]) -> N
     folder = layout.offline_dir / view
     if not folder.exists() or not any(folder.glob("*.parquet")):
         folder.mkdir(parents=True, exist_ok=True)
-        empty.to_parquet(folder / "part-00000-empty.parquet", index=False)
+        empty.to_parquet(folder / EMPTY_PART, index=False)
 
 
 def write_history(store: FeatureStore, view: str, rows: pd.DataFrame) -> int:
@@ -278,7 +303,7 @@ def write_history(store: FeatureStore, view: str, rows: pd.DataFrame) -> int:
     if rows.empty:
         return 0
     cols = view_columns(store)[view]
-    frame = _history_frame(rows, cols, datetime.now(UTC))
+    frame = _history_frame(rows, cols, datetime.now(UTC), _view_dtypes(store, view))
     layout = _layout(store)
     if layout.postgres:
         engine = _postgres_engine(store)
@@ -287,11 +312,23 @@ def write_history(store: FeatureStore, view: str, rows: pd.DataFrame) -> int:
         finally:
             engine.dispose()
     else:
-        folder = layout.offline_dir / view
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        frame.to_parquet(folder / name, index=False)
+        _append_parquet(layout.offline_dir / view, frame)
     return len(frame)
+
+
+def _append_parquet(folder: Path, frame: pd.DataFrame) -> None:
+    """A new part file; the empty placeholder goes once real rows exist (feast's dask store cannot
+    sort a partition without rows), and many small parts are compacted into one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    frame.to_parquet(folder / name, index=False)
+    (folder / EMPTY_PART).unlink(missing_ok=True)
+    parts = sorted(folder.glob("part-*.parquet"))
+    if len(parts) > MAX_PARTS:
+        whole = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        whole.to_parquet(folder / f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-compacted.parquet", index=False)
+        for p in parts:
+            p.unlink(missing_ok=True)
 
 
 def push(store: FeatureStore, rows: pd.DataFrame) -> dict[str, int]:
@@ -331,9 +368,19 @@ def push(store: FeatureStore, rows: pd.DataFrame) -> dict[str, int]:
     return written
 
 
+def _plain(text: str) -> str:
+    """Feast's console text on one line, without its colour codes."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
 def materialize(store: FeatureStore, end: datetime | None = None) -> None:
-    """Copy the history up to ``end`` (default now) into the online store, from where the last run stopped."""
-    store.materialize_incremental(end_date=end or datetime.now(UTC))
+    """Copy the history up to ``end`` (default now) into the online store, from where the last run stopped.
+
+    Feast prints its progress to stdout; it is logged instead (services keep stdout for their logs).
+    """
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        store.materialize_incremental(end_date=end or datetime.now(UTC))
+    logger.info("feature store: materialized up to %s (%s)", end or "now", _plain(said.getvalue())[:300])
 
 
 # ------------------------------------------------------------------ reading
@@ -376,13 +423,20 @@ def historical_features(
     refs = feature_refs(store, features)
     names = [r.split(":", 1)[1] for r in refs]
     # Feast's file (dask) store collapses entity rows sharing (id, timestamp) (feast issue 6787) and
-    # leaves out rows no feature matched: ask once per distinct key, then join back onto every row.
+    # drops a row when one view has no value for it, losing the other views' values too. So: one
+    # query per view, once per distinct key, each joined back onto every row.
     keys = entity[[JOIN_KEY, TIMESTAMP]].drop_duplicates().reset_index(drop=True)
-    found = store.get_historical_features(entity_df=keys, features=refs).to_df()
-    found[TIMESTAMP] = pd.to_datetime(found[TIMESTAMP], utc=True)
-    found = found[[JOIN_KEY, TIMESTAMP, *names]].drop_duplicates([JOIN_KEY, TIMESTAMP])
-    kept = entity.drop(columns=[n for n in names if n in entity.columns])
-    return kept.merge(found, on=[JOIN_KEY, TIMESTAMP], how="left", validate="many_to_one")
+    out = entity.drop(columns=[n for n in names if n in entity.columns])
+    by_view: dict[str, list[str]] = {}
+    for ref in refs:
+        view, name = ref.split(":", 1)
+        by_view.setdefault(view, []).append(name)
+    for view, cols in by_view.items():
+        found = store.get_historical_features(entity_df=keys, features=[f"{view}:{c}" for c in cols]).to_df()
+        found[TIMESTAMP] = pd.to_datetime(found[TIMESTAMP], utc=True)
+        found = found[[JOIN_KEY, TIMESTAMP, *cols]].drop_duplicates([JOIN_KEY, TIMESTAMP])
+        out = out.merge(found, on=[JOIN_KEY, TIMESTAMP], how="left", validate="many_to_one")
+    return out[[*[c for c in out.columns if c not in names], *names]]
 
 
 def lineage(store: FeatureStore) -> dict[str, Any]:

@@ -1,0 +1,216 @@
+"""The feature store against its real backends: parquet + SQLite (always), PostgreSQL and Redis.
+
+Each backend test writes dated readings, reads them back online and point-in-time, and checks the
+two things training and serving rely on: a reading dated after a row's time never reaches that
+row, and a reading older than the view's TTL is not used as if it were current.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradeflow_shared.errors import ConfigError
+from gradeflow_shared.features import repo
+from gradeflow_shared.features import store as fs
+from gradeflow_shared.settings import FeatureStoreSettings
+from gradeflow_shared.synth import generate_term, timeline_spec
+from gradeflow_testkit.services import PG_ADMIN_URL, need, pg_problem
+
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def profile_rows(ids: list[str], at: datetime) -> pd.DataFrame:
+    """One complete profile row per id (values from the synthetic generator's first rows)."""
+    hist = generate_term(len(ids), seed=3, start=at + timedelta(days=1))
+    out = hist.profile.copy()
+    out["student_id"] = ids
+    return out
+
+
+def activity_row(sid: str, at: datetime, **values: float) -> dict:
+    base = {
+        "student_id": sid,
+        "event_timestamp": at,
+        "study_hours_per_week": 5.0,
+        "attendance_pct": 90.0,
+        "absences": 1,
+        "sleep_hours": 7.5,
+        "tutoring_sessions": 0,
+        "term_grade": 12.0,
+    }
+    return {**base, **values}
+
+
+def _pg_feature_url() -> str:
+    problem = pg_problem()
+    if problem:
+        need(problem)
+    parts = urlsplit(PG_ADMIN_URL)
+    return f"postgresql://{parts.username or 'postgres'}@{parts.hostname}:{parts.port or 5432}{parts.path}?sslmode=disable"
+
+
+@pytest.fixture(params=["file+sqlite", "postgres+sqlite", "file+redis", "postgres+redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """A fresh store on one backend pair, in a project of its own (its data removed afterwards)."""
+    offline, online = request.param.split("+")
+    project = f"t{uuid.uuid4().hex[:12]}"
+    redis_url = request.getfixturevalue("redis_url") if online == "redis" else ""
+    settings = FeatureStoreSettings(
+        feature_store_dir=tmp_path / "fs",
+        feature_project=project,
+        feature_offline_store_url=_pg_feature_url() if offline == "postgres" else "",
+        feature_online_store_url=redis_url,
+    )
+    st = fs.feature_store(settings)
+    fs.apply(st)
+    try:
+        yield st
+    finally:
+        _cleanup(st, offline, redis_url)
+
+
+def _cleanup(st, offline: str, redis_url: str) -> None:
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"*{st.project}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    if offline == "postgres":
+        from sqlalchemy import text
+
+        engine = fs._postgres_engine(st)
+        with engine.begin() as conn:
+            tables = conn.execute(
+                text("select tablename from pg_tables where schemaname = 'public' and tablename like :p"),
+                {"p": f"{st.project}%"},
+            ).scalars()
+            for t in list(tables):
+                conn.execute(text(f'drop table "{t}"'))
+        engine.dispose()
+        st.registry.delete_project(st.project, commit=True)
+
+
+def test_readings_online_and_point_in_time(store) -> None:
+    ids = ["A", "B", "C"]
+    fs.write_history(store, repo.PROFILE_VIEW, profile_rows(ids, T0 - timedelta(days=30)))
+    label_time = T0
+    fs.push(
+        store,
+        pd.DataFrame(
+            [
+                activity_row("A", T0 - timedelta(days=10), attendance_pct=91.0),
+                activity_row("A", T0 - timedelta(days=3), attendance_pct=88.0, term_grade=13.5),
+                # dated after the label time: must never reach A's training row
+                activity_row("A", T0 + timedelta(days=1), attendance_pct=5.0, term_grade=1.0),
+                # older than the activity TTL (35 days) at the label time: not current any more
+                activity_row("B", T0 - timedelta(days=40), attendance_pct=77.0),
+            ]
+        ),
+    )
+    # a partial reading (attendance only): the other activity features are carried forward
+    fs.push(
+        store,
+        pd.DataFrame(
+            [{"student_id": "C", "event_timestamp": T0 - timedelta(days=2), "attendance_pct": 60.0}]
+        ),
+    )
+
+    online = fs.online_features(store, ["A", "B", "C", "nobody"], ["attendance_pct", "term_grade", "age"])
+    assert online["student_id"].tolist() == ["A", "B", "C", "nobody"]
+    assert online["attendance_pct"].iloc[0] == pytest.approx(5.0)  # the latest reading is served
+    assert online["attendance_pct"].iloc[1] == pytest.approx(77.0)
+    assert online["attendance_pct"].iloc[2] == pytest.approx(60.0)
+    assert pd.isna(online["term_grade"].iloc[2])  # C never had a term grade: nothing to carry forward
+    assert online.iloc[3][["attendance_pct", "term_grade", "age"]].isna().all()  # unknown student
+
+    labels = pd.DataFrame(
+        {
+            "student_id": ["A", "B", "A", "A"],
+            "event_timestamp": [label_time, label_time, label_time, T0 - timedelta(days=5)],
+            "y": [1, 2, 3, 4],
+        }
+    )
+    got = fs.historical_features(store, labels, ["attendance_pct", "term_grade", "age"])
+    assert got["y"].tolist() == [1, 2, 3, 4]  # every label row, in order (also the duplicated key)
+    a = got[got["student_id"] == "A"]
+    assert a["attendance_pct"].tolist() == [88.0, 88.0, 91.0]  # never the 5.0 dated after the label
+    assert a["term_grade"].tolist() == [13.5, 13.5, 12.0]
+    b = got[got["student_id"] == "B"].iloc[0]
+    assert pd.isna(b["attendance_pct"])  # 40 days old at the label time: beyond the TTL
+    assert not pd.isna(b["age"])  # the profile view has its own, longer TTL
+    assert got["age"].notna().all()
+
+
+def test_materialize_copies_the_latest_history_to_the_online_store(store) -> None:
+    now = datetime.now(UTC)
+    fs.write_history(store, repo.PROFILE_VIEW, profile_rows(["M"], now - timedelta(days=20)))
+    fs.write_history(
+        store,
+        repo.ACTIVITY_VIEW,
+        pd.DataFrame(
+            [
+                activity_row("M", now - timedelta(days=6), attendance_pct=70.0),
+                activity_row("M", now - timedelta(days=1), attendance_pct=72.5),
+            ]
+        ),
+    )
+    assert fs.online_features(store, ["M"], ["attendance_pct"])["attendance_pct"].isna().all()
+    fs.materialize(store)
+    got = fs.online_features(store, ["M"], ["attendance_pct", "previous_grade"])
+    assert got["attendance_pct"].iloc[0] == pytest.approx(72.5)
+    assert not np.isnan(got["previous_grade"].iloc[0])
+
+
+def test_lineage_names_views_versions_and_ttls(store) -> None:
+    lin = fs.lineage(store)
+    assert set(lin["views"]) == {repo.PROFILE_VIEW, repo.ACTIVITY_VIEW}
+    act = lin["views"][repo.ACTIVITY_VIEW]
+    assert act["ttl_seconds"] == int(repo.ACTIVITY_TTL.total_seconds())
+    assert "attendance_pct" in act["features"] and "age" not in act["features"]
+    assert len(act["version"]) == 12 and act["version"] != lin["views"][repo.PROFILE_VIEW]["version"]
+
+
+def test_view_version_changes_with_the_definition() -> None:
+    cols = timeline_spec().columns or []
+    act = [c for c in cols if c.name == "absences"]
+    v1 = repo.view_version(repo.ACTIVITY_VIEW, act)
+    changed = [act[0].model_copy(update={"max": 90})]
+    assert repo.view_version(repo.ACTIVITY_VIEW, changed) != v1
+    assert repo.view_version(repo.ACTIVITY_VIEW, [c.model_copy() for c in act]) == v1
+
+
+def test_a_store_refuses_a_dataset_with_other_features(tmp_path: Path) -> None:
+    st = fs.feature_store(FeatureStoreSettings(feature_store_dir=tmp_path / "fs"))
+    fs.apply(st)
+    fs.apply(st)  # idempotent
+    from gradeflow_shared.datasets import load_spec
+
+    with pytest.raises(ConfigError, match="FEATURE_PROJECT"):
+        fs.apply(st, load_spec("uci-por"))
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("mysql://h/db", "postgresql://"), ("postgresql://host", "database"), ("postgresql:///db", "host")],
+)
+def test_offline_url_is_checked(tmp_path: Path, url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        fs.feature_store(FeatureStoreSettings(feature_store_dir=tmp_path, feature_offline_store_url=url))
+
+
+def test_redis_url_is_translated_for_feast() -> None:
+    assert fs._redis_connection_string("redis://:pw@cache:6380/2") == "cache:6380,db=2,password=pw"
+    assert fs._redis_connection_string("rediss://cache") == "cache:6379,db=0,ssl=true"
+    with pytest.raises(ConfigError, match="FEATURE_ONLINE_STORE_URL"):
+        fs._redis_connection_string("http://cache")
