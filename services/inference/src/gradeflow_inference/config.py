@@ -126,6 +126,14 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSet
         "Readings accepted by POST /readings go online within seconds whatever this is.",
     )
 
+    feature_cache_students: int = Field(
+        default=200_000,
+        ge=0,
+        description="Students whose online features each inference thread keeps decoded (FEATURE_CACHE_STUDENTS; "
+        "SQLite online store only): dropped whenever the store changes, so a cached value is never staler "
+        "than the last write. 0: read the store at every request.",
+    )
+
     @property
     def feature_store_path(self) -> Path:
         """FEATURE_STORE_DIR as ``features.store.store_dir`` resolves it (that module imports pandas:

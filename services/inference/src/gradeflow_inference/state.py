@@ -46,7 +46,7 @@ class ServiceState:
         self.max_records = settings.max_batch_records
         # the feature store's online values for POST /predict by student id (opened at the first lookup)
         self.online: OnlineFeatures = open_online(
-            settings.feature_store_path, settings.feature_online_store_url
+            settings.feature_store_path, settings.feature_online_store_url, settings.feature_cache_students
         )
         # readings accepted by POST /readings, pushed into the store by the materializer thread
         self.journal = ReadingJournal(settings.feature_store_path / JOURNAL_FILE)

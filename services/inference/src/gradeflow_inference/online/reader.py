@@ -149,7 +149,7 @@ class SqliteOnline(_LayoutReader):
         local = self._local
         version = conn.execute("pragma data_version").fetchone()[0]
         cache: dict[bytes, _Views] = local.cache
-        if version != local.version or len(cache) > self.cache_max:
+        if version != local.version or len(cache) > self.cache_max or not self.cache_max:
             cache.clear()
             local.version = version
         keys = [entity_key(layout.join_key, i) for i in ids]
@@ -255,8 +255,8 @@ class RedisOnline(_LayoutReader):
         self._client.close()
 
 
-def open_online(store_dir: Path, redis_url: str = "") -> OnlineFeatures:
+def open_online(store_dir: Path, redis_url: str = "", cache_max: int = CACHE_MAX) -> OnlineFeatures:
     """The online store reader for these settings (nothing is opened until the first lookup)."""
     if redis_url:
         return RedisOnline(store_dir, redis_url)
-    return SqliteOnline(store_dir)
+    return SqliteOnline(store_dir, cache_max)
