@@ -85,7 +85,7 @@ compose-test: install ## Container test: build, up --wait, smoke, inference rest
 demo: install ## The closed loop told live: drift, retrain, promotion, reload, time to heal (starts the platform if needed; DATASET=uci-por make demo)
 	$(PY) scripts/demo.py
 
-bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI endpoint (prints a table of ratios)
+bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI endpoint, and predict by student id vs full records (tables of ratios)
 	$(PY) bench/run.py
 
 drift-quality: install ## Drift detection quality: false alarms and detection, ours vs Evidently defaults
