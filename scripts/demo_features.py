@@ -93,7 +93,11 @@ def main() -> int:
         time.sleep(args.pause)
     truth = float(term.labels[TARGET].iloc[0])
     say(f"end of term: the generator's true final grade for {sid} is {truth:.2f}")
-    lag = [ln for ln in inf.get("/metrics").text.splitlines() if ln.startswith("inference_feature_")]
+    lag = [
+        ln
+        for ln in inf.get("/metrics").text.splitlines()
+        if ln.startswith("inference_feature_") and "_created" not in ln
+    ]
     say("feature store on /metrics: " + "; ".join(lag[:6]))
     return 0
 

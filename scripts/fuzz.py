@@ -15,6 +15,7 @@ schema does not document); the schemathesis output of each service is printed an
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting mlflow, trainer, inference, monitor (DATA_DIR {data_dir}) ...", flush=True)
     dataset = data_dir / "synthetic-small.json"
     dataset.write_text(synthetic_spec(rows=DATASET_ROWS, seed=0).model_dump_json())
+    # an applied (empty) feature store: POST /readings and /features/materialize answer for real
+    subprocess.run(
+        [bin_path("gradeflow-features"), "apply"],
+        env={**os.environ, "DATA_DIR": str(data_dir)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     urls, procs = local_stack(data_dir, {**STACK_ENV, "DATASET": str(dataset)})
     try:
         wait_model_served(urls)
