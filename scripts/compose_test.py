@@ -17,7 +17,7 @@ drive the platform through its published ports.
 
 Every service's log is printed on failure, and `docker compose down -v` always runs (also on
 Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, the images get their own
-prefix (IMAGE_PREFIX=gradeflow-compose-test, so a test build never replaces the images a platform of
+prefix (IMAGE_PREFIX=gradeflow-compose-test, or COMPOSE_TEST_IMAGE_PREFIX, so a test build never replaces the images a platform of
 yours runs from), and the repository's own .env is not read (a generated env file is passed; the
 variables it sets are removed from the environment compose sees, where they would win), so it never
 touches a platform you run yourself.
@@ -46,7 +46,7 @@ from gradeflow_testkit.loop import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
 SERVICES = ["mlflow", "trainer", "inference", "monitor"]
-IMAGE_PREFIX = "gradeflow-compose-test"
+IMAGE_PREFIX = os.environ.get("COMPOSE_TEST_IMAGE_PREFIX", "gradeflow-compose-test")
 MLFLOW_USER = "admin"
 T0 = time.monotonic()
 
