@@ -63,6 +63,8 @@ def decode_value(buf: bytes | None) -> Any:
         return _DOUBLE.unpack_from(buf, 1)[0]
     if tag == 0x12 and buf[1] < 0x80:  # field 2 string, length < 128
         return buf[2 : 2 + buf[1]].decode()
+    if (tag == 0x20 or tag == 0x18) and len(buf) == 2:  # field 4 int64 / 3 int32, 0..127
+        return buf[1]
     tag, pos = _varint(buf, 0)
     field, wire = tag >> 3, tag & 7
     if wire == 0:
