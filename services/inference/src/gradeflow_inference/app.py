@@ -80,5 +80,5 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     predict.install(app)  # the hot path: on the app itself (see predict.install)
     for router in (labels.router, ops.router, features.router):
         app.include_router(router)
-    app.openapi = model_openapi(app, cfg.max_batch_records)  # type: ignore[method-assign]
+    app.openapi = model_openapi(app, cfg.max_batch_records, cfg.max_string_length)  # type: ignore[method-assign]
     return app

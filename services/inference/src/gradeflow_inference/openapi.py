@@ -12,14 +12,15 @@ from pydantic import BaseModel
 from gradeflow_shared.contracts import FeedbackRequest
 from gradeflow_shared.errors import ErrorBody
 
-from .online.ingest import ReadingsRequest
+from .online.ingest import ReadingsRequest, reading_schema
 from .online.resolve import ID_FIELD, MAX_ID_LENGTH
 from .schema import example_record
 
 _ERRORS = {
     401: "Missing or wrong bearer token (WWW-Authenticate: Bearer)",
     404: "Unknown student: the feature store holds no features for the student_id (names the id)",
-    409: "Conflict: a prediction already has a label (send overwrite: true), names the request ids",
+    409: "Conflict: a prediction already has a label (send overwrite: true), names the request ids; a "
+    "reading dated more than a day ahead of the server's clock",
     413: "Request body larger than MAX_BODY_BYTES",
     415: "Content-Type is not application/json",
     422: "Invalid input: every problem names the field and the rule",
@@ -79,7 +80,16 @@ def _student_ref(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_openapi(app: FastAPI, max_records: int) -> Callable[[], dict[str, Any]]:
+def _readings_body(schema: dict[str, Any], layout: Any, max_records: int, max_string_length: int) -> None:
+    """The readings body as the applied store's features define it (types, bounds; none other allowed)."""
+    components = schema["components"]["schemas"]
+    components["Reading"] = reading_schema(layout, max_string_length)
+    components["ReadingsRequest"]["properties"]["readings"]["maxItems"] = max_records
+
+
+def model_openapi(
+    app: FastAPI, max_records: int, max_string_length: int = 200
+) -> Callable[[], dict[str, Any]]:
     """``app.openapi`` for this service: rebuilt when the serving model version changes, cached otherwise."""
 
     def openapi() -> dict[str, Any]:
@@ -87,7 +97,8 @@ def model_openapi(app: FastAPI, max_records: int) -> Callable[[], dict[str, Any]
 
         svc = getattr(app.state, "svc", None)
         model = svc.manager.current if svc is not None else None
-        key = model.version if model else None
+        layout = svc.online.layout() if svc is not None else None
+        key = (model.version if model else None, layout)
         cached = getattr(app.state, "openapi_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]  # type: ignore[no-any-return]
@@ -95,6 +106,8 @@ def model_openapi(app: FastAPI, max_records: int) -> Callable[[], dict[str, Any]
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         _add_body_models(schema)
+        if layout is not None:
+            _readings_body(schema, layout, max_records, max_string_length)
         op = schema["paths"]["/predict"]["post"]
         batch: dict[str, Any] = {
             "type": "object",

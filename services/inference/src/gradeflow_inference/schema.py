@@ -306,10 +306,11 @@ class RecordValidator:
             e["index"] = index
         return e
 
-    def json_schema(self, manifest: Manifest) -> dict[str, Any]:
+    def json_schema(self, manifest: Manifest | list[FeatureSpec]) -> dict[str, Any]:
         """JSON schema of one record (for GET /model and the OpenAPI docs)."""
+        specs = manifest if isinstance(manifest, list) else manifest.features
         props: dict[str, Any] = {}
-        for spec in manifest.features:
+        for spec in specs:
             p: dict[str, Any]
             if spec.kind == "numeric":
                 p = {
@@ -337,7 +338,7 @@ class RecordValidator:
         return {
             "type": "object",
             "properties": props,
-            "required": [f.name for f in manifest.features],
+            "required": [f.name for f in specs],
             "additionalProperties": False,
         }
 

@@ -6,7 +6,9 @@ shape as ``POST /predict``: every problem names the field, the rule and the read
 whole batch is refused (422) when one reading is invalid, so nothing is half accepted.
 
 * ``student_id``: a non-empty string (at most 128 characters);
-* ``event_timestamp``: ISO 8601 (without a zone: UTC), not more than MAX_FUTURE_SECONDS ahead of now;
+* ``event_timestamp``: ISO 8601 (without a zone: UTC); more than MAX_FUTURE_SECONDS ahead of the
+  server's clock -> 409 ``READING_FROM_THE_FUTURE`` (such a reading would shadow every real one until
+  then), checked once the batch is otherwise valid;
 * at least one feature; every key a feature of the store (else ``extra_forbidden``), each value checked
   against the store's schema (the dataset's types and hard bounds: the ones the model's manifest has).
 """
@@ -19,12 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gradeflow_shared.errors import MAX_PROBLEMS, InvalidInput
+from gradeflow_shared.errors import MAX_PROBLEMS, Conflict, InvalidInput
 from gradeflow_shared.manifest import FeatureSpec
 
 from ..schema import RecordValidator, _batch_list, load_json
 from .layout import Layout
-from .resolve import ID_FIELD, _id_problem
+from .resolve import ID_FIELD, MAX_ID_LENGTH, _id_problem
 
 TS_FIELD = "event_timestamp"
 MAX_FUTURE_SECONDS = 86_400  # a reading dated more than a day ahead is a mistake (a clock or a format)
@@ -58,20 +60,53 @@ def validator_for(layout: Layout, max_string_length: int) -> RecordValidator:
     return _validator(frozen, max_string_length)
 
 
-def _timestamp(v: Any, now: datetime) -> tuple[str | None, str | None]:
-    """(ISO UTC text, None) or (None, the problem)."""
+class ReadingFromTheFuture(Conflict):
+    """A reading dated ahead of the server's clock: it would shadow every real reading until then."""
+
+    error_code = "READING_FROM_THE_FUTURE"
+
+
+def _timestamp(v: Any) -> tuple[datetime | None, str | None]:
+    """(the UTC time, None) or (None, the problem)."""
     if not isinstance(v, str):
         return None, "must be an ISO 8601 date-time string"
     if len(v) > 40:
         return None, "at most 40 characters"
+    text = v.upper()
     try:
-        ts = datetime.fromisoformat(v.replace("Z", "+00:00") if v.endswith("Z") else v)
+        ts = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
         return None, f"not an ISO 8601 date-time: {v!r}"
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    if (ts - now).total_seconds() > MAX_FUTURE_SECONDS:
-        return None, f"more than {MAX_FUTURE_SECONDS // 3600} hours in the future"
-    return ts.isoformat(), None
+    return (ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)), None
+
+
+def reading_schema(layout: Layout, max_string_length: int) -> dict[str, Any]:
+    """JSON schema of one reading for the OpenAPI document: the store's features (types, bounds), the id
+    and the time; at least one feature."""
+    record = validator_for(layout, max_string_length).json_schema([FeatureSpec(**d) for d in layout.schema])
+    props = {
+        ID_FIELD: {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "description": "The student's id.",
+        },
+        TS_FIELD: {
+            "type": "string",
+            "format": "date-time",
+            "maxLength": 40,
+            "description": "When the values were observed (ISO 8601; without a zone: UTC). More than a day "
+            "ahead of the server's clock: 409.",
+        },
+        **record["properties"],
+    }
+    return {
+        "type": "object",
+        "properties": props,
+        "required": [ID_FIELD, TS_FIELD],
+        "minProperties": 3,
+        "additionalProperties": False,
+    }
 
 
 def parse_readings(
@@ -89,6 +124,7 @@ def parse_readings(
     errors: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     features: list[Any] = []
+    future: list[int] = []
     for i, r in enumerate(items):
         if not isinstance(r, dict):
             errors.append(
@@ -107,14 +143,16 @@ def parse_readings(
                     "message": problem,
                 }
             )
-        ts, ts_problem = _timestamp(r[TS_FIELD], now) if TS_FIELD in r else (None, "field required")
+        ts, ts_problem = _timestamp(r[TS_FIELD]) if TS_FIELD in r else (None, "field required")
         if ts_problem:
             errors.append({"index": i, "field": TS_FIELD, "rule": "datetime", "message": ts_problem})
+        elif ts is not None and (ts - now).total_seconds() > MAX_FUTURE_SECONDS:
+            future.append(i)
         feats = {k: v for k, v in r.items() if k not in (ID_FIELD, TS_FIELD)}
         if not feats:
             errors.append({"index": i, "field": "", "rule": "too_short", "message": "at least one feature"})
         features.append(feats)
-        out.append({ID_FIELD: sid, TS_FIELD: ts, **feats})
+        out.append({ID_FIELD: sid, TS_FIELD: ts.isoformat() if ts else None, **feats})
     try:
         validator_for(layout, max_string_length).validate(features, batch=True, partial=True)
     except InvalidInput as exc:
@@ -128,4 +166,13 @@ def parse_readings(
         if len(errors) > 5:
             summary += f"; ... ({len(errors)} problems)"
         raise InvalidInput(summary, details=errors)
+    if future:
+        raise ReadingFromTheFuture(
+            f"readings[{future[0]}].{TS_FIELD}: more than {MAX_FUTURE_SECONDS // 3600} hours ahead of the "
+            "server's clock",
+            details=[
+                {"index": i, "field": TS_FIELD, "rule": "future", "message": "ahead of the server's clock"}
+                for i in future[:MAX_PROBLEMS]
+            ],
+        )
     return out

@@ -7,7 +7,6 @@ answered; the materializer pushes them into the store's history and online store
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,9 +31,11 @@ class ReadingsAccepted(BaseModel):
     pending: int = Field(description="Readings accepted and not yet in the online store, these included.")
 
 
-class MaterializeResult(BaseModel):
-    pushed: int = Field(description="Pending readings pushed first.")
-    seconds: float = Field(description="How long it took.")
+class MaterializeQueued(BaseModel):
+    queued: bool = Field(
+        description="A materialization is queued (it runs after the one in progress, if any)."
+    )
+    pending: int = Field(description="Accepted readings not yet in the online store (pushed first).")
 
 
 READINGS_DOC = (
@@ -64,7 +65,7 @@ async def readings_body(request: Request, state: StateDep) -> list[dict[str, Any
     summary="Ingest readings into the feature store (admin token)",
     description=READINGS_DOC,
     response_model=ReadingsAccepted,
-    responses=error_responses(401, 413, 415, 422, 503),
+    responses=error_responses(401, 409, 413, 415, 422, 503),
     openapi_extra=json_body(ReadingsRequest),
 )
 def post_readings(
@@ -79,15 +80,16 @@ def post_readings(
 @router.post(
     "/features/materialize",
     summary="Push pending readings and materialize the history into the online store now (admin token)",
-    description="Runs what the schedule (FEATURE_MATERIALIZE_INTERVAL) runs and answers when it is done.",
-    response_model=MaterializeResult,
+    description="Queues what the schedule (FEATURE_MATERIALIZE_INTERVAL) runs and answers 202 at once (the "
+    "first run in a process also loads Feast, several seconds). When it is done: "
+    "`inference_feature_materializations_total` and `inference_feature_materialized_timestamp_seconds` on "
+    "/metrics (`gradeflow-features materialize` runs it in the foreground instead).",
+    status_code=202,
+    response_model=MaterializeQueued,
     responses=error_responses(401, 503),
 )
-async def post_materialize(state: StateDep) -> MaterializeResult:
+def post_materialize(state: StateDep) -> MaterializeQueued:
     if state.online.layout() is None:
         raise FeatureStoreNotReady("the feature store has not been applied yet (gradeflow-features apply)")
-    try:
-        res = await asyncio.wrap_future(state.materializer.materialize_now())
-    except Exception as exc:
-        raise FeatureStoreNotReady(f"materialization failed: {exc.__class__.__name__}: {exc}") from None
-    return MaterializeResult(**res)
+    state.materializer.materialize_now()
+    return MaterializeQueued(queued=True, pending=state.journal.stats()["pending"])
