@@ -299,9 +299,11 @@ def test_lag_gauge_counts_waiting_readings_until_pushed(seeded: SeededStore, tmp
     assert gauge("inference_feature_readings_pending") == 1.0
     assert gauge("inference_feature_ingest_lag_seconds") >= 1.0
     assert gauge("inference_feature_materialized_timestamp_seconds") == 0.0
-    assert mat.materialize_now().result(timeout=120)["pushed"] == 1
+    assert mat.push_now().result(timeout=120) == 1
     assert gauge("inference_feature_readings_pending") == 0.0
     assert gauge("inference_feature_ingest_lag_seconds") == 0.0
+    assert gauge("inference_feature_materialized_timestamp_seconds") == 0.0  # a push is not a materialization
+    assert mat.materialize_now().result(timeout=120)["seconds"] > 0
     assert gauge("inference_feature_materialized_timestamp_seconds") > time.time() - 120
     row = SqliteOnline(seeded.settings.feature_store_path).get([seeded.ids[11]])[0]
     assert row is not None and row.values["absences"] == 9

@@ -123,9 +123,16 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSet
         ge=0,
         description="Seconds between scheduled materializations of the feature store's history into its "
         "online store (FEATURE_MATERIALIZE_INTERVAL); 0: only on demand (POST /features/materialize). "
-        "Readings accepted by POST /readings go online within seconds whatever this is.",
+        "Accepted readings do not wait for it: they are pushed by their own job (FEATURE_PUSH_INTERVAL).",
     )
 
+    feature_push_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds between pushes of accepted readings into the feature store "
+        "(FEATURE_PUSH_INTERVAL); 0: each POST /readings batch is pushed at once. A longer interval batches "
+        "the pushes of heavy ingestion (and keeps readings out of the online store while fuzzing).",
+    )
     feature_cache_students: int = Field(
         default=200_000,
         ge=0,

@@ -50,7 +50,9 @@ class ServiceState:
         )
         # readings accepted by POST /readings, pushed into the store by the materializer thread
         self.journal = ReadingJournal(settings.feature_store_path / JOURNAL_FILE)
-        self.materializer = Materializer(settings, self.journal, settings.feature_materialize_interval)
+        self.materializer = Materializer(
+            settings, self.journal, settings.feature_materialize_interval, settings.feature_push_interval
+        )
         # the one inference thread for big batches (small ones run inline on the event loop)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_threads, thread_name_prefix="inference"

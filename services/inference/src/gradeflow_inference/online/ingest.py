@@ -44,6 +44,8 @@ class Reading(BaseModel):
 
 
 class ReadingsRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
     readings: list[Reading] = Field(min_length=1, description="At most MAX_BATCH_RECORDS readings.")
 
 

@@ -4,7 +4,7 @@ One worker thread owns the Feast ``FeatureStore`` (Feast is imported there, the 
 arrives: inference starts without it). Jobs:
 
 * push: pending journal readings -> ``features.store.push`` (history + online store), then marked pushed;
-  woken by every accepted ``POST /readings`` batch and every PUSH_POLL_SECONDS;
+  woken by every accepted ``POST /readings`` batch (or every FEATURE_PUSH_INTERVAL seconds when set);
 * materialize: ``features.store.materialize`` (history -> online store, incremental) every
   FEATURE_MATERIALIZE_INTERVAL seconds and on demand (``POST /features/materialize``).
 
@@ -30,10 +30,13 @@ PUSH_POLL_SECONDS = 5.0
 
 
 class Materializer:
-    def __init__(self, settings: Any, journal: ReadingJournal, interval: float) -> None:
+    def __init__(
+        self, settings: Any, journal: ReadingJournal, interval: float, push_interval: float = 0.0
+    ) -> None:
         self.settings = settings
         self.journal = journal
         self.interval = interval
+        self.push_interval = push_interval  # 0: push as soon as readings are accepted
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="materializer")
         self._store: Any = None
         self._wake = threading.Event()
@@ -91,7 +94,6 @@ class Materializer:
         from gradeflow_shared.features.store import materialize
 
         t0 = time.perf_counter()
-        pushed = self._guarded_push()
         try:
             materialize(self._feast())
         except Exception as exc:
@@ -102,20 +104,27 @@ class Materializer:
         self.runs["ok"] += 1
         self.last_materialized_at = time.time()
         self.last_error = None
-        return {"pushed": pushed, "seconds": round(time.perf_counter() - t0, 3)}
+        return {"seconds": round(time.perf_counter() - t0, 3)}
 
     # ------------------------------------------------------------ callers
     def request_push(self) -> None:
-        """Wake the worker (after readings were committed)."""
-        self._wake.set()
+        """Wake the worker (after readings were committed), unless pushes are batched (push_interval)."""
+        if not self.push_interval:
+            self._wake.set()
 
     def materialize_now(self) -> Future[dict[str, Any]]:
+        """History -> online store, after the job in progress (pending readings have their own push job)."""
         return self._pool.submit(self._materialize)
+
+    def push_now(self) -> Future[int]:
+        """Pending readings -> the store now (whatever FEATURE_PUSH_INTERVAL says); their number."""
+        return self._pool.submit(self._guarded_push)
 
     def _tick(self) -> None:
         next_materialize = time.monotonic() + self.interval if self.interval > 0 else float("inf")
+        poll = self.push_interval or PUSH_POLL_SECONDS
         while not self._stop.is_set():
-            self._wake.wait(PUSH_POLL_SECONDS)
+            self._wake.wait(max(0.0, min(poll, next_materialize - time.monotonic())))
             self._wake.clear()
             if self._stop.is_set():
                 return

@@ -79,7 +79,7 @@ def post_readings(
 
 @router.post(
     "/features/materialize",
-    summary="Push pending readings and materialize the history into the online store now (admin token)",
+    summary="Materialize the history into the online store now (admin token)",
     description="Queues what the schedule (FEATURE_MATERIALIZE_INTERVAL) runs and answers 202 at once (the "
     "first run in a process also loads Feast, several seconds). When it is done: "
     "`inference_feature_materializations_total` and `inference_feature_materialized_timestamp_seconds` on "
