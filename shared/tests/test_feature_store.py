@@ -7,6 +7,7 @@ row, and a reading older than the view's TTL is not used as if it were current.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -57,7 +58,14 @@ def _pg_feature_url() -> str:
     return f"postgresql://{parts.username or 'postgres'}@{parts.hostname}:{parts.port or 5432}{parts.path}?sslmode=disable"
 
 
-@pytest.fixture(params=["file+sqlite", "postgres+sqlite", "file+redis", "postgres+redis"])
+@pytest.fixture(
+    params=[
+        "file+sqlite",
+        pytest.param("postgres+sqlite", marks=pytest.mark.postgres),
+        pytest.param("file+redis", marks=pytest.mark.redis),
+        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     """A fresh store on one backend pair, in a project of its own (its data removed afterwards)."""
     offline, online = request.param.split("+")
@@ -89,15 +97,13 @@ def _cleanup(st, offline: str, redis_url: str) -> None:
     if offline == "postgres":
         from sqlalchemy import text
 
-        engine = fs._postgres_engine(st)
-        with engine.begin() as conn:
+        with fs.postgres(st) as conn:
             tables = conn.execute(
                 text("select tablename from pg_tables where schemaname = 'public' and tablename like :p"),
                 {"p": f"{st.project}%"},
             ).scalars()
             for t in list(tables):
                 conn.execute(text(f'drop table "{t}"'))
-        engine.dispose()
         st.registry.delete_project(st.project, commit=True)
 
 
@@ -214,3 +220,113 @@ def test_redis_url_is_translated_for_feast() -> None:
     assert fs._redis_connection_string("rediss://cache") == "cache:6379,db=0,ssl=true"
     with pytest.raises(ConfigError, match="FEATURE_ONLINE_STORE_URL"):
         fs._redis_connection_string("http://cache")
+
+
+def test_importing_the_store_functions_does_not_import_feast() -> None:
+    """Inference imports these functions; feast (seconds to import) loads only when one is called."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradeflow_shared.features.store, gradeflow_shared.features.seed, gradeflow_shared.synth; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('feast', 'dask')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _history_rows(st, view: str) -> int:
+    if fs._layout(st).postgres:
+        from sqlalchemy import text
+
+        with fs.postgres(st) as conn:
+            return int(
+                conn.execute(text(f'select count(*) from "{repo.history_table(view, st.project)}"')).scalar()
+            )
+    return len(pd.read_parquet(fs.store_root(st) / "offline" / view))
+
+
+def test_seed_writes_a_history_once_then_recalls_it(store) -> None:
+    from gradeflow_shared.features.seed import _records, seed, training_frame
+
+    spec = timeline_spec(students=40, seed=1)
+    first = seed(store, spec)
+    n = _history_rows(store, repo.ACTIVITY_VIEW)
+    assert n == 40 * 16 and _history_rows(store, repo.PROFILE_VIEW) == 40
+    again = seed(store, spec)
+    assert _history_rows(store, repo.ACTIVITY_VIEW) == n and len(_records(store)) == 1
+    pd.testing.assert_frame_equal(again.labels, first.labels)
+    # materialized for serving: the latest reading of each student is online
+    online = fs.online_features(store, first.labels["student_id"].tolist(), ["attendance_pct", "age"])
+    assert online.notna().all().all()
+    X, y = training_frame(store, first, [c.name for c in spec.columns or []])
+    assert len(X) == 40 and not X.isna().any().any() and y.tolist() == first.labels["final_grade"].tolist()
+
+
+def test_online_read_tells_present_missing_expired_and_unknown(store) -> None:
+    now = datetime.now(UTC)
+    fs.write_history(store, repo.PROFILE_VIEW, profile_rows(["fresh"], now - timedelta(days=2)))
+    fs.push(
+        store,
+        pd.DataFrame(
+            [
+                activity_row("fresh", now - timedelta(days=1)),
+                activity_row("stale", now - timedelta(days=60), attendance_pct=50.0),
+            ]
+        ),
+    )
+    fs.push(store, pd.DataFrame([{"student_id": "partial", "event_timestamp": now, "attendance_pct": 70.0}]))
+    fs.materialize(store)
+    got = fs.online_read(
+        store, ["fresh", "stale", "partial", "ghost"], ["attendance_pct", "term_grade", "age"]
+    )
+    assert got.unknown == ["ghost"]
+    assert got.problems(0) == {}
+    assert got.problems(1) == {"attendance_pct": "expired", "term_grade": "expired", "age": "missing"}
+    assert got.values["attendance_pct"].iloc[1] == pytest.approx(50.0)  # kept by the store, but not current
+    assert got.problems(2) == {"term_grade": "missing", "age": "missing"}
+    assert set(got.problems(3).values()) == {"missing"}
+
+
+def test_apply_rewrites_the_registry_only_when_a_definition_changes(tmp_path: Path) -> None:
+    st = fs.feature_store(FeatureStoreSettings(feature_store_dir=tmp_path / "fs"))
+    fs.apply(st)
+    registry = tmp_path / "fs" / fs.REGISTRY_DB
+    before = registry.stat().st_mtime_ns
+    fs.apply(st)
+    assert registry.stat().st_mtime_ns == before
+    spec = timeline_spec()
+    spec.columns = [
+        c.model_copy(update={"max": 90}) if c.name == "absences" else c for c in spec.columns or []
+    ]
+    fs.apply(st, spec)  # same features, other bounds: a new version of the activity view
+    assert registry.stat().st_mtime_ns != before
+    assert fs.lineage(st)["views"][repo.ACTIVITY_VIEW]["version"] == repo.view_version(
+        repo.ACTIVITY_VIEW, [c for c in spec.columns if c.name in spec.activity_columns]
+    )
+
+
+def test_using_the_store_leaves_prometheus_in_memory(tmp_path: Path) -> None:
+    """``import feast`` sets PROMETHEUS_MULTIPROC_DIR; a service using the store must not inherit it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, pandas as pd; from datetime import UTC, datetime; "
+        "from gradeflow_shared.settings import FeatureStoreSettings; "
+        "import gradeflow_shared.features.repo; "  # feast imported through the definitions first
+        "from gradeflow_shared.features import store as fs; "
+        f"st = fs.feature_store(FeatureStoreSettings(feature_store_dir={str(tmp_path)!r})); fs.apply(st); "
+        "fs.push(st, pd.DataFrame([{'student_id': 'a', 'event_timestamp': datetime.now(UTC), 'absences': 1}])); "
+        "fs.materialize(st); "
+        "from prometheus_client import values; "
+        "print('feast.metrics' in sys.modules, sorted(k for k in os.environ if k.startswith('PROMETHEUS')), "
+        "values.ValueClass.__name__)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == "True [] MutexValue", out.stdout

@@ -72,10 +72,10 @@ def test_a_reading_dated_after_the_label_time_never_reaches_a_training_row(setti
 
 def _term_start(store) -> pd.Timestamp:
     """The start of the term the store was seeded with (its recorded anchor, as ``seed`` dates it)."""
-    from gradeflow_shared.features.seed import _read_records, spec_key
+    from gradeflow_shared.features.seed import _records, spec_key
     from gradeflow_shared.synth import LABEL_DELAY, TERM_WEEKS, timeline_spec
 
-    anchor = pd.Timestamp(_read_records(store)[spec_key(timeline_spec(students=300, seed=0))])
+    anchor = pd.Timestamp(_records(store)[spec_key(timeline_spec(students=300, seed=0))])
     return (anchor - pd.Timedelta(weeks=TERM_WEEKS) - pd.Timedelta(LABEL_DELAY)).to_pydatetime()
 
 
@@ -125,3 +125,15 @@ def test_the_default_source_is_the_flat_dataset(tmp_path: Path) -> None:
     data = service.assemble_data(unit_settings(tmp_path, rows=200), RetrainRequest(use_production_data=False))
     assert data.feature_lineage is None and "term_grade" not in data.X_train.columns
     assert not (tmp_path / "data" / "feature_store").exists()
+
+
+def test_a_file_without_time_trains_from_its_snapshot(tmp_path: Path) -> None:
+    """uci-por through the store: one snapshot per row, so the training rows are the file's rows."""
+    from gradeflow_shared.datasets import load_dataset, load_spec
+
+    got = store_training_set(unit_settings(tmp_path, feature_source="feast", dataset="uci-por"))
+    X, y, _ = load_dataset(load_spec("uci-por"))
+    assert got.spec.name == "uci-por" and set(got.lineage["views"]) == {"student_profile", "student_activity"}
+    assert set(got.lineage["views"]["student_activity"]["features"]) == {"studytime", "absences", "health"}
+    pd.testing.assert_frame_equal(got.X[list(X.columns)], X.reset_index(drop=True), check_dtype=False)
+    assert got.y.tolist() == y.tolist()

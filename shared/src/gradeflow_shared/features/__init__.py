@@ -12,6 +12,9 @@ Public functions (``gradeflow_shared.features.store``; signatures kept stable):
   (default: the synthetic term) and create empty histories; idempotent.
 * ``online_features(store, ids, features=None) -> DataFrame``: latest values, one row per id in
   order (``student_id`` + features); unknown ids / missing values come back as None/NaN.
+* ``online_read(store, ids, features=None) -> OnlineRead``: the same values plus a status per
+  value (``present`` / ``missing`` / ``expired`` = older than the view's TTL) and the unknown ids:
+  what a by-id prediction needs to answer 404 (unknown) or 422 (missing/expired, named).
 * ``push(store, rows) -> {view: n}``: new readings (``student_id``, ``event_timestamp``, any
   features) into history and online store; absent features of a touched view are carried forward.
 * ``materialize(store, end=None)``: history up to ``end`` into the online store (incremental).
@@ -19,6 +22,10 @@ Public functions (``gradeflow_shared.features.store``; signatures kept stable):
   (``student_id``, ``event_timestamp``) rows (training).
 * ``write_history(store, view, rows)``: bulk load of dated rows into a view's history.
 * ``feature_refs(store, features)`` / ``view_columns(store)``: which view holds which feature.
+
+Monitoring contract: a prediction that read features from the store logs the values it actually
+used (stored values, overridden by any sent in the request) in ``LoggedPrediction.features``, as
+for a request with full records; the monitor's drift checks run on those logged values.
 
 Nothing here imports feast at package import: only calling these functions does, so a service
 that may use the store (inference) keeps its cold start.

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.data_source import DataSource
-from feast.types import Bool, FeastType, Float64, Int64, String
-
 from ..datasets import ColumnSpec
+from .feast_env import quiet_feast_import
+
+with quiet_feast_import():
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+    from feast.data_source import DataSource
+    from feast.types import Bool, FeastType, Float64, Int64, String
 
 ENTITY = "student"
 JOIN_KEY = "student_id"

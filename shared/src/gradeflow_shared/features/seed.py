@@ -59,51 +59,31 @@ def history_of(spec: DatasetSpec, anchor: datetime) -> History:
 
 
 # ------------------------------------------------------------------ the record of what was seeded
-def _read_records(store: FeatureStore) -> dict[str, str]:
-    layout = fs._layout(store)
-    if layout.postgres:
+def _records(store: FeatureStore, add: tuple[str, datetime] | None = None) -> dict[str, str]:
+    """The seeded datasets ({key: anchor}), after recording ``add`` when given.
+
+    PostgreSQL offline store: a table next to the history; parquet: ``seeded.json`` in the store folder.
+    """
+    if fs._layout(store).postgres:
         from sqlalchemy import text
 
-        engine = fs._postgres_engine(store)
-        try:
-            with engine.begin() as conn:
+        table = f"{store.project}_seeded"
+        with fs.postgres(store) as conn:
+            conn.execute(text(f'CREATE TABLE IF NOT EXISTS "{table}" (key text PRIMARY KEY, anchor text)'))
+            if add is not None:
                 conn.execute(
-                    text(f'CREATE TABLE IF NOT EXISTS "{_table(store)}" (key text PRIMARY KEY, anchor text)')
+                    text(f'INSERT INTO "{table}" (key, anchor) VALUES (:k, :a) ON CONFLICT DO NOTHING'),
+                    {"k": add[0], "a": add[1].isoformat()},
                 )
-                return {k: a for k, a in conn.execute(text(f'SELECT key, anchor FROM "{_table(store)}"'))}
-        finally:
-            engine.dispose()
+            return {k: a for k, a in conn.execute(text(f'SELECT key, anchor FROM "{table}"'))}
     path = fs.store_root(store) / SEEDED
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_record(store: FeatureStore, key: str, anchor: datetime) -> None:
-    layout = fs._layout(store)
-    if layout.postgres:
-        from sqlalchemy import text
-
-        engine = fs._postgres_engine(store)
-        try:
-            with engine.begin() as conn:
-                conn.execute(
-                    text(
-                        f'INSERT INTO "{_table(store)}" (key, anchor) VALUES (:k, :a) ON CONFLICT DO NOTHING'
-                    ),
-                    {"k": key, "a": anchor.isoformat()},
-                )
-        finally:
-            engine.dispose()
-        return
-    path = fs.store_root(store) / SEEDED
-    records = _read_records(store)
-    records[key] = anchor.isoformat()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    tmp.replace(path)
-
-
-def _table(store: FeatureStore) -> str:
-    return f"{store.project}_seeded"
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    if add is not None:
+        records[add[0]] = add[1].isoformat()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        tmp.replace(path)
+    return records
 
 
 def seed(store: FeatureStore, spec: DatasetSpec, now: datetime | None = None) -> History:
@@ -113,7 +93,7 @@ def seed(store: FeatureStore, spec: DatasetSpec, now: datetime | None = None) ->
     """
     fs.apply(store, spec)
     key = spec_key(spec)
-    records = _read_records(store)
+    records = _records(store)
     if key in records:
         anchor = datetime.fromisoformat(records[key])
         return history_of(spec, anchor)
@@ -124,7 +104,7 @@ def seed(store: FeatureStore, spec: DatasetSpec, now: datetime | None = None) ->
     views = fs.view_columns(store)
     n_profile = fs.write_history(store, PROFILE_VIEW, hist.profile)
     n_activity = fs.write_history(store, ACTIVITY_VIEW, hist.activity) if ACTIVITY_VIEW in views else 0
-    _write_record(store, key, anchor)
+    _records(store, add=(key, anchor))
     fs.materialize(store, end=max(datetime.now(UTC), anchor))
     logger.info(
         "feature store: seeded %s (%d students: %d profile rows, %d activity rows, ending %s)",
@@ -141,6 +121,9 @@ def training_frame(store: FeatureStore, hist: History, features: list[str]) -> t
     """Point-in-time training rows for the history's labels: (X in ``features`` order, y)."""
     joined = fs.historical_features(store, hist.labels, features)
     X = joined[features].reset_index(drop=True)
+    for c in X.columns:  # nullable integers (pd.NA) as float64 with NaN, as the flat loader gives them
+        if str(X[c].dtype) in ("Int64", "Int32"):
+            X[c] = X[c].astype("float64")
     y = joined[hist.target].astype(float).reset_index(drop=True)
     y.name = hist.target
     return X, y

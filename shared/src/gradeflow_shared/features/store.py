@@ -11,7 +11,8 @@ import io
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ import pandas as pd
 from ..datasets import ColumnSpec, DatasetSpec
 from ..errors import ConfigError
 from ..settings import FeatureStoreSettings
+from .feast_env import quiet_feast_import
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -107,10 +109,11 @@ def feature_store(settings: FeatureStoreSettings) -> FeatureStore:
     container sees the same definitions. Online store: SQLite in FEATURE_STORE_DIR, or Redis when
     FEATURE_ONLINE_STORE_URL is set.
     """
-    from feast import FeatureStore, RepoConfig
-    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
-    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
-    from feast.repo_config import RegistryConfig
+    with quiet_feast_import():
+        from feast import FeatureStore, RepoConfig
+        from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+        from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+        from feast.repo_config import RegistryConfig
 
     root = store_dir(settings)
     offline: Any
@@ -160,12 +163,19 @@ def _layout(store: FeatureStore):  # -> repo.Layout
     return Layout(project=store.project, offline_dir=offline_dir, postgres=postgres)
 
 
-def _postgres_engine(store: FeatureStore):
+@contextlib.contextmanager
+def postgres(store: FeatureStore) -> Iterator[Any]:
+    """A transaction on the offline store's PostgreSQL database (committed on success, engine disposed)."""
     from sqlalchemy import create_engine
 
     cfg = store.config.offline_store
     pg = {k: getattr(cfg, k) for k in ("host", "port", "database", "user", "password", "sslmode")}
-    return create_engine(sqlalchemy_url(pg))
+    engine = create_engine(sqlalchemy_url(pg))
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------------ definitions
@@ -183,12 +193,14 @@ def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
     A store whose views already hold other features is refused (ConfigError): its history tables
     have those columns; another dataset needs another FEATURE_PROJECT (or FEATURE_STORE_DIR).
     """
-    from .repo import definitions, split_columns
+    from .repo import definitions, split_columns, view_version
 
     spec = spec or default_spec()
     columns, activity = _spec_columns(spec)
-    wanted = {v: [c.name for c in cols] for v, cols in split_columns(columns, activity).items()}
-    held = view_columns(store)
+    split = split_columns(columns, activity)
+    wanted = {v: [c.name for c in cols] for v, cols in split.items()}
+    registered = {fv.name: fv for fv in store.list_feature_views()}
+    held = {name: [f.name for f in fv.features] for name, fv in registered.items()}
     clash = [v for v in wanted if v in held and held[v] != wanted[v]] + [v for v in held if v not in wanted]
     if clash:
         raise ConfigError(
@@ -196,9 +208,12 @@ def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
             f"features than dataset '{spec.name}': set FEATURE_PROJECT (or FEATURE_STORE_DIR) to a new value "
             "for this dataset"
         )
-    objects = definitions(columns, activity, _layout(store))
-    store.apply(objects)
-    for view, cols in split_columns(columns, activity).items():
+    same = set(registered) == set(split) and all(
+        registered[v].tags.get("gradeflow_version") == view_version(v, cols) for v, cols in split.items()
+    )
+    if not same:  # the registry is rewritten only when a definition changed (readers may be reading it)
+        store.apply(definitions(columns, activity, _layout(store)))
+    for view, cols in split.items():
         _ensure_history(store, view, cols)
     return list(wanted)
 
@@ -278,13 +293,10 @@ def _ensure_history(store: FeatureStore, view: str, cols: list[ColumnSpec]) -> N
     if layout.postgres:
         from sqlalchemy import inspect
 
-        engine = _postgres_engine(store)
-        try:
-            table = history_table(view, layout.project)
-            if not inspect(engine).has_table(table):
-                empty.to_sql(table, engine, if_exists="append", index=False)
-        finally:
-            engine.dispose()
+        table = history_table(view, layout.project)
+        with postgres(store) as conn:
+            if not inspect(conn).has_table(table):
+                empty.to_sql(table, conn, if_exists="append", index=False)
         return
     folder = layout.offline_dir / view
     if not folder.exists() or not any(folder.glob("*.parquet")):
@@ -306,11 +318,8 @@ def write_history(store: FeatureStore, view: str, rows: pd.DataFrame) -> int:
     frame = _history_frame(rows, cols, datetime.now(UTC), _view_dtypes(store, view))
     layout = _layout(store)
     if layout.postgres:
-        engine = _postgres_engine(store)
-        try:
-            frame.to_sql(history_table(view, layout.project), engine, if_exists="append", index=False)
-        finally:
-            engine.dispose()
+        with postgres(store) as conn:
+            frame.to_sql(history_table(view, layout.project), conn, if_exists="append", index=False)
     else:
         _append_parquet(layout.offline_dir / view, frame)
     return len(frame)
@@ -384,23 +393,85 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> None:
 
 
 # ------------------------------------------------------------------ reading
+PRESENT, MISSING, EXPIRED = "present", "missing", "expired"
+_FEAST_NOT_FOUND = 3  # feast.protos FieldStatus.NOT_FOUND
+
+
+@dataclass(frozen=True)
+class OnlineRead:
+    """The latest values of some students, and what each value is worth.
+
+    ``values``: ``student_id`` + the features, one row per id in the order asked (missing: None/NaN).
+    ``status``: the same shape; each feature is ``present``, ``missing`` (never written, or written
+    empty) or ``expired`` (older than its view's TTL: the online store keeps it, it is not current).
+    ``unknown``: the ids the store has no value at all for.
+    """
+
+    values: pd.DataFrame
+    status: pd.DataFrame
+    unknown: list[str]
+
+    def problems(self, row: int) -> dict[str, str]:
+        """{feature: 'missing' | 'expired'} of one row (empty when every feature is present)."""
+        st = self.status.iloc[row].drop(labels=["student_id"])
+        return {str(k): str(v) for k, v in st.items() if v != PRESENT}
+
+
+def online_read(
+    store: FeatureStore,
+    ids: Sequence[str],
+    features: Iterable[str] | None = None,
+    now: datetime | None = None,
+) -> OnlineRead:
+    """Latest online values for ``ids`` with their status (present / missing / expired) and the unknown ids.
+
+    Feast's online read returns a stored value whatever its age: expiry is decided here from each
+    value's event timestamp and its view's TTL, as the point-in-time join does for training.
+    """
+    from .repo import JOIN_KEY
+
+    refs = feature_refs(store, features)
+    names = [r.split(":", 1)[1] for r in refs]
+    ids = [str(i) for i in ids]
+    if not ids:
+        empty = pd.DataFrame(columns=[JOIN_KEY, *names])
+        return OnlineRead(values=empty, status=empty.copy(), unknown=[])
+    resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
+    values = pd.DataFrame(resp.to_dict())[[JOIN_KEY, *names]]
+    ttl = {fv.name: fv.ttl.total_seconds() if fv.ttl else None for fv in store.list_feature_views()}
+    now_s = (now or datetime.now(UTC)).timestamp()
+    vectors = dict(zip(resp.proto.metadata.feature_names.val, resp.proto.results, strict=True))
+    status = pd.DataFrame({JOIN_KEY: ids})
+    found = [False] * len(ids)
+    for ref, name in zip(refs, names, strict=True):
+        vec, blank = vectors[name], values[name].isna().to_numpy()
+        limit = ttl.get(ref.split(":", 1)[0])
+        col = []
+        for i, (st, ts) in enumerate(zip(vec.statuses, vec.event_timestamps, strict=True)):
+            # SQLite says NOT_FOUND for a key it lacks, Redis says PRESENT with no timestamp: check both
+            stored = st != _FEAST_NOT_FOUND and ts.seconds > 0
+            found[i] |= stored
+            if not stored or blank[i]:
+                col.append(MISSING)
+            elif limit is not None and now_s - ts.seconds > limit:
+                col.append(EXPIRED)
+            else:
+                col.append(PRESENT)
+        status[name] = col
+    return OnlineRead(
+        values=values, status=status, unknown=[i for i, f in zip(ids, found, strict=True) if not f]
+    )
+
+
 def online_features(
     store: FeatureStore, ids: Sequence[str], features: Iterable[str] | None = None
 ) -> pd.DataFrame:
     """Latest online values for ``ids``: one row per id in the given order, ``student_id`` + the features.
 
-    A student the store has never seen, or a feature with no value, comes back as None/NaN; the
-    caller decides what that means (the serving side answers 404 / 422).
+    A student the store has never seen, or a feature with no value, comes back as None/NaN; whether a
+    value is expired or missing, and which ids are unknown, says ``online_read``.
     """
-    from .repo import JOIN_KEY
-
-    refs = feature_refs(store, features)
-    ids = [str(i) for i in ids]
-    if not ids:
-        return pd.DataFrame(columns=[JOIN_KEY, *(r.split(":", 1)[1] for r in refs)])
-    resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
-    out = pd.DataFrame(resp.to_dict())
-    return out[[JOIN_KEY, *(r.split(":", 1)[1] for r in refs)]]
+    return online_read(store, ids, features).values
 
 
 def historical_features(
