@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ import httpx
 
 from gradeflow_shared.synth import TARGET, generate_term
 from gradeflow_testkit.loop import to_records, wait_for
-from scripts.demo import REPO, running, say, urls_from_env
+from scripts.demo import ensure_running, say, urls_from_env
 
 SHOWN = ("attendance_pct", "absences", "study_hours_per_week", "term_grade")
 
@@ -57,11 +56,9 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between weeks")
     args = ap.parse_args()
     u = urls_from_env()
-    if not running(u):
-        say("the platform is not running: starting it (scripts/up.py start) ...")
-        rc = subprocess.call([sys.executable, str(REPO / "scripts" / "up.py"), "start"])
-        if rc != 0:
-            return rc
+    rc = ensure_running(u)
+    if rc != 0:
+        return rc
     inf = httpx.Client(base_url=u.inference, timeout=60, headers=u.auth)  # POST /readings needs the token
     wait_for("a served model", lambda: inf.get("/ready").status_code == 200, timeout=900, interval=2)
     say(f"inference serves model version {inf.get('/model').json()['version']}  ({u.inference}/docs)")

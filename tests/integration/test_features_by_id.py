@@ -57,6 +57,13 @@ def _predict(url: str, body: dict[str, object]) -> httpx.Response:
     return httpx.post(f"{url}/predict", json=body, timeout=30)
 
 
+def _ingest(readings: Path, url: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``gradeflow-features ingest`` as a user runs it (the token from the environment)."""
+    env = {"ADMIN_TOKEN": ADMIN_TOKEN, "DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}
+    cmd = [bin_path("gradeflow-features"), "ingest", str(readings), "--url", url]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_by_id_over_http_and_readings_from_the_cli(
     inference: ServiceProcess, seeded: SeededStore, tmp_path: Path
 ) -> None:
@@ -84,19 +91,7 @@ def test_by_id_over_http_and_readings_from_the_cli(
         {"student_id": sid, "event_timestamp": reading_time(0), "study_hours_per_week": 0.0},
     ]
     readings.write_text("\n".join(json.dumps(r) for r in rows))
-    env = {
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "DATA_DIR": str(tmp_path),
-        "PATH": "/usr/bin:/bin",
-    }
-    out = subprocess.run(
-        [bin_path("gradeflow-features"), "ingest", str(readings), "--url", url],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = _ingest(readings, url, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 readings accepted" in out.stdout
 
@@ -113,12 +108,5 @@ def test_by_id_over_http_and_readings_from_the_cli(
 
     # a refused file: the CLI says why (the field and index) and exits non-zero
     readings.write_text(json.dumps({"student_id": sid, "event_timestamp": reading_time(0), "absences": -4}))
-    out = subprocess.run(
-        [bin_path("gradeflow-features"), "ingest", str(readings), "--url", url],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = _ingest(readings, url, tmp_path)
     assert out.returncode == 1 and "absences" in out.stderr and "422" in out.stderr

@@ -21,6 +21,7 @@ from gradeflow_testkit import exports
 from gradeflow_testkit.feature_store import SeededStore, reading_time, seeded_store
 
 from .conftest import ADMIN_TOKEN
+from .test_api import wait_for as _wait
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ACTIVITY = ("study_hours_per_week", "attendance_pct", "absences", "sleep_hours", "tutoring_sessions")
@@ -161,16 +162,6 @@ def test_bad_by_id_requests_are_422_naming_the_field(
     r = client.post("/predict", json=body)
     assert r.status_code == 422, r.text
     assert (r.json()["details"][0]["field"], r.json()["details"][0]["rule"]) == (field, rule)
-
-
-def _wait(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _metric(client: TestClient, name: str) -> float:
