@@ -6,11 +6,13 @@ into a failure, since CI here has both. The helpers behind them live in ``gradef
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from gradeflow_shared.features.feast_env import PROMETHEUS_ENV
 from gradeflow_shared.procs import ServiceProcess
 from gradeflow_testkit.services import PG_ADMIN_URL, REDIS_URL, need, pg_problem, redis_problem, start_mlflow
 
@@ -34,6 +36,20 @@ def postgres_url() -> Iterator[str]:
         with eng.connect() as c:
             c.execute(sa.text(f'drop schema "{schema}" cascade'))
         eng.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_env_kept() -> Iterator[None]:
+    """A test that imports feast directly (``import feast`` sets PROMETHEUS_MULTIPROC_DIR) must not
+    leave it set: services started by later tests would inherit it and keep their metrics in files.
+    The services themselves import feast through ``quiet_feast_import``."""
+    saved = {k: os.environ.get(k) for k in PROMETHEUS_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture
