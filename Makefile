@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export COMPOSE_BAKE := false
 
 .PHONY: help install up start down train test test-unit test-integration lint format bench demo \
-        compose-up compose-down compose-test uci-benchmark loop-benchmark drift-quality fuzz clean
+        compose-up compose-down compose-test demo-features uci-benchmark loop-benchmark drift-quality fuzz clean
 
 help: ## Show this help
 	@echo "GradeFlow - make targets:"
@@ -85,7 +85,10 @@ compose-test: install ## Container test: build, up --wait, smoke, inference rest
 demo: install ## The closed loop told live: drift, retrain, promotion, reload, time to heal (starts the platform if needed; DATASET=uci-por make demo)
 	$(PY) scripts/demo.py
 
-bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI endpoint (prints a table of ratios)
+demo-features: install ## A student's term streamed into the feature store, their by-id prediction changing week by week (starts the platform if needed)
+	$(PY) -m scripts.demo_features
+
+bench: install ## Inference speed vs `mlflow models serve` and a bare FastAPI endpoint, and predict by student id vs full records (tables of ratios)
 	$(PY) bench/run.py
 
 drift-quality: install ## Drift detection quality: false alarms and detection, ours vs Evidently defaults

@@ -12,6 +12,7 @@ measures requests/s and p50/p99 latency at batch sizes 1, 100, 1000 and concurre
 the cold start to the first prediction (each server started 3 times, median). Our service runs twice:
 prediction logging on (SQLite) and off. At batch 1000, concurrency 1, our service is also timed against
 the in-process floor (JSON decode + the predict path), one floor run and one request in turns (Floor).
+Last, predicting by student id against sending the features (bench/by_id.py; --no-by-id skips it).
 """
 
 from __future__ import annotations
@@ -590,6 +591,12 @@ def main() -> None:
         help="KEY=VALUE for our service (repeatable), e.g. INFERENCE_THREADS=2",
     )
     ap.add_argument("--out", default=str(BENCH / "results.md"))
+    ap.add_argument(
+        "--no-by-id",
+        dest="by_id",
+        action="store_false",
+        help="skip predict-by-student-id vs full records (bench/by_id.py: SQLite and Redis stores)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -721,9 +728,18 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
+        by_id_text = ""
+        if args.by_id:  # every other server is stopped by now
+            import by_id
+
+            from gradeflow_shared.synth import COLUMNS
+
+            res = by_id.run(work, [c.name for c in COLUMNS], args.duration, max(3, args.rounds))
+            by_id_text = by_id.section(res, max(3, args.rounds), args.duration)
         text = report(
             results, cold, floor.results, logcost, durcost, info, args, time.perf_counter() - t_start
         )
+        text += by_id_text
         Path(args.out).write_text(text)
         print()
         print(text)

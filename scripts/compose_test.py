@@ -4,6 +4,8 @@ drive the platform through its published ports.
 1. smoke: MLflow's login (401 without it) and its UI and API with it, the champion exported and
    served, predict, feedback (with a bearer token), GET /predictions, trainer /model, a monitor check
    and its report page;
+   then predict by student id from the seeded feature store (Redis online store), a 404 for an unknown
+   student, and a reading sent to POST /readings changing that student's prediction;
 2. observability: the `observability` profile added to the running stack; Prometheus loads its alert
    rules, scrapes all four services (MLflow through its login) and holds the smoke's figures
    (predictions, live MAE from the feedback, the champion version);
@@ -18,7 +20,7 @@ drive the platform through its published ports.
 
 Every service's log is printed on failure, and `docker compose down -v` always runs (also on
 Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, the images get their own
-prefix (IMAGE_PREFIX=gradeflow-compose-test, so a test build never replaces the images a platform of
+prefix (IMAGE_PREFIX=gradeflow-compose-test, or COMPOSE_TEST_IMAGE_PREFIX, so a test build never replaces the images a platform of
 yours runs from), and the repository's own .env is not read (a generated env file is passed; the
 variables it sets are removed from the environment compose sees, where they would win), so it never
 touches a platform you run yourself.
@@ -55,7 +57,7 @@ ALERTS = {
     "GradeflowInferenceP99Latency",
     "GradeflowTargetDown",
 }
-IMAGE_PREFIX = "gradeflow-compose-test"
+IMAGE_PREFIX = os.environ.get("COMPOSE_TEST_IMAGE_PREFIX", "gradeflow-compose-test")
 MLFLOW_USER = "admin"
 SMOKE_ROWS = 250
 T0 = time.monotonic()
@@ -263,6 +265,37 @@ def check_observability(compose: Compose, url: str, version: int, rows: int) -> 
         log(f"prometheus: {len(loaded)} rules, targets {health}; figures {got}")
 
 
+def by_id(urls: dict[str, str], token: str) -> None:
+    """Predict by student id from the store the `features` job seeded, and a reading that changes it."""
+    auth = {"Authorization": f"Bearer {token}"}
+    sid = "S-00001"
+    with httpx.Client(base_url=urls["inference"], timeout=60) as inf:
+        r = inf.post("/predict", json={"student_id": sid})
+        assert r.status_code == 200, f"predict by id: {r.status_code} {r.text[:300]}"
+        before = r.json()["predictions"][0]["prediction"]
+        r = inf.post("/predict", json={"student_ids": [sid, "S-00002", "S-00003"]})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3, r.text[:300]
+        r = inf.post("/predict", json={"student_id": "nobody-here"})
+        assert r.status_code == 404 and "nobody-here" in r.json()["message"], r.text[:300]
+        reading = {
+            "student_id": sid,
+            "event_timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "attendance_pct": 10.0,
+            "study_hours_per_week": 0.0,
+        }
+        r = inf.post("/readings", json={"readings": [reading]})
+        assert r.status_code == 401, f"readings without the token: {r.status_code}"
+        r = inf.post("/readings", json={"readings": [reading]}, headers=auth)
+        assert r.status_code == 200, r.text[:300]
+
+        def changed() -> float | None:
+            p = inf.post("/predict", json={"student_id": sid}).json()["predictions"][0]["prediction"]
+            return p if abs(p - before) > 1e-6 else None
+
+        after = wait_for("the reading to reach the online store", changed, 120, interval=1)
+        log(f"predict by id ok (Redis online store); {sid}: {before:.2f} -> {after:.2f} after a reading")
+
+
 def check_postgres_stores(compose: Compose) -> None:
     """With the postgres profile, each service's store really is its PostgreSQL database."""
     for db in ("mlflow", "inference", "monitor"):
@@ -454,6 +487,7 @@ def main() -> int:
 
         t = time.monotonic()
         version = smoke(urls, token, mlflow_password)
+        by_id(urls, token)
         timings["smoke"] = time.monotonic() - t
         t = time.monotonic()
         check_observability(

@@ -56,6 +56,14 @@ def running(u: Urls) -> bool:
         return False
 
 
+def ensure_running(u: Urls) -> int:
+    """0 when the platform answers, else start it (scripts/up.py start) and return that exit code."""
+    if running(u):
+        return 0
+    say("the platform is not running: starting it (scripts/up.py start) ...")
+    return subprocess.call([sys.executable, str(REPO / "scripts" / "up.py"), "start"])
+
+
 def traffic_frames(
     dataset: str, dataset_root: str = ""
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
@@ -102,11 +110,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     u = urls_from_env()
-    if not running(u):
-        say("the platform is not running: starting it (scripts/up.py start) ...")
-        rc = subprocess.call([sys.executable, str(REPO / "scripts" / "up.py"), "start"])
-        if rc != 0:
-            return rc
+    rc = ensure_running(u)
+    if rc != 0:
+        return rc
     inf = httpx.Client(base_url=u.inference, timeout=60, headers=u.auth)  # POST /feedback needs the token
     tr = httpx.Client(base_url=u.trainer, timeout=30, headers=u.auth)
     mon = httpx.Client(base_url=u.monitor, timeout=120)

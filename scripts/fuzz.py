@@ -15,6 +15,7 @@ schema does not document); the schemathesis output of each service is printed an
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -31,8 +32,14 @@ from gradeflow_testkit.stack import local_stack, print_logs, stop_stack, wait_mo
 
 SERVICES = ("inference", "trainer", "monitor")
 # cheap retrains (POST /retrain with the token trains for real): a small synthetic dataset, no search;
-# no scheduled drift check while fuzzing
-STACK_ENV = {"TRAIN_SEARCH": "false", "CHECK_INTERVAL_SECONDS": "86400"}
+# no scheduled drift check while fuzzing; accepted readings stay in the journal (pushing the fuzzer's
+# partial, back-dated students online would turn its by-id predictions into the 422s the rules ask for)
+STACK_ENV = {
+    "TRAIN_SEARCH": "false",
+    "CHECK_INTERVAL_SECONDS": "86400",
+    "FEATURE_PUSH_INTERVAL": "86400",
+    "FEATURE_MATERIALIZE_INTERVAL": "0",
+}
 DATASET_ROWS = 1500
 
 
@@ -121,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting mlflow, trainer, inference, monitor (DATA_DIR {data_dir}) ...", flush=True)
     dataset = data_dir / "synthetic-small.json"
     dataset.write_text(synthetic_spec(rows=DATASET_ROWS, seed=0).model_dump_json())
+    # an applied (empty) feature store: POST /readings and /features/materialize answer for real
+    subprocess.run(
+        [bin_path("gradeflow-features"), "apply"],
+        env={**os.environ, "DATA_DIR": str(data_dir)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     urls, procs = local_stack(data_dir, {**STACK_ENV, "DATASET": str(dataset)})
     try:
         wait_model_served(urls)

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,9 @@ def banner(cfg: dict[str, str]) -> str:
         "",
         "GradeFlow is up:",
         f"  MLflow UI            http://localhost:{p['mlflow']}",
-        f"  Inference API        http://localhost:{p['inference']}/docs   (POST /predict, /feedback)",
+        f"  Inference API        http://localhost:{p['inference']}/docs   (POST /predict, /feedback, /readings)",
+        f"  Predict by id        curl -s -XPOST localhost:{p['inference']}/predict -H 'content-type: application/json' "
+        '-d \'{"student_id": "S-00001"}\'',
         f"  Trainer API          http://localhost:{p['trainer']}/docs   (POST /retrain, /promote, /rollback)",
         f"  Monitor reports      http://localhost:{p['monitor']}/reports   (GET /drift, POST /checks)",
         f"  Data folder          {cfg['DATA_DIR']}   (logs in {cfg['DATA_DIR']}/logs)",
@@ -139,6 +142,29 @@ def follow_first_training(cfg: dict[str, str], timeout: float = 600.0) -> None:
     print("  (no model served yet; see the trainer log)", flush=True)
 
 
+def seed_feature_store(cfg: dict[str, str]) -> bool:
+    """Apply the feature store and seed it with DATASET's students (once; later runs only re-apply), so
+    inference serves POST /predict by student id from the first minute. Its output goes to logs/features.log."""
+    env = {**os.environ, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
+    cmd = [bin_path("gradeflow-features"), "seed"]
+    if os.environ.get("DATASET"):
+        cmd += ["--dataset", os.environ["DATASET"]]
+    log = Path(cfg["DATA_DIR"]) / "logs" / "features.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"seeding the feature store (log: {log})", flush=True)
+    with log.open("a") as fh:
+        rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    lines = log.read_text(errors="replace").splitlines()
+    if rc != 0:
+        print(
+            f"  feature store NOT seeded (exit {rc}); predict by id answers 404 until it is:", file=sys.stderr
+        )
+        print("\n".join("  " + line for line in lines[-10:]), file=sys.stderr)
+        return False
+    print("  " + (lines[-1] if lines else "seeded"), flush=True)
+    return True
+
+
 def start(detach: bool) -> int:
     cfg = config()
     procs = services(cfg)
@@ -151,6 +177,7 @@ def start(detach: bool) -> int:
                 file=sys.stderr,
             )
         return 2
+    seed_feature_store(cfg)
     started: list[ServiceProcess] = []
     try:
         for svc in procs:

@@ -408,7 +408,8 @@ def test_openapi_documents_statuses_and_content_types(client: TestClient) -> Non
         return set(paths[path][method]["responses"])
 
     assert codes("/feedback", "post") >= {"200", "401", "409", "413", "415", "422", "503"}
-    assert codes("/predict", "post") >= {"200", "413", "415", "422", "503"}
+    assert codes("/predict", "post") >= {"200", "404", "413", "415", "422", "503"}
+    assert codes("/readings", "post") >= {"200", "401", "413", "415", "422", "503"}
     assert codes("/predictions", "get") >= {"200", "422", "503"}
     assert codes("/model", "get") >= {"200", "503"} and codes("/ready", "get") >= {"200", "503"}
     err = paths["/feedback"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]
@@ -423,6 +424,10 @@ def test_openapi_documents_statuses_and_content_types(client: TestClient) -> Non
     body = paths["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     records = body["oneOf"][1]["properties"]["records"]
     assert (records["minItems"], records["maxItems"]) == (1, 10_000)
+    by_id = spec["components"]["schemas"]["StudentRef"]
+    assert by_id["required"] == ["student_id"] and by_id["properties"]["student_id"]["maxLength"] == 128
+    assert body["oneOf"][2] == {"$ref": "#/components/schemas/StudentRef"}
+    assert body["oneOf"][3]["properties"]["student_ids"]["maxItems"] == 10_000
     school = spec["components"]["schemas"]["Record"]["properties"]["school_type"]
     assert [s for s in school.get("anyOf", [school]) if s["type"] == "string"][0]["maxLength"] == 200
     actual = spec["components"]["schemas"]["FeedbackItem"]["properties"]["actual"]

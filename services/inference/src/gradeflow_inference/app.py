@@ -14,7 +14,7 @@ from gradeflow_shared.logging import configure_logging
 from gradeflow_shared.webdocs import install_docs
 
 from .api.guard import RequestGuard
-from .api.routes import labels, ops, predict
+from .api.routes import features, labels, ops, predict
 from .config import InferenceSettings, check_secrets, get_settings
 from .metrics import MetricsMiddleware
 from .openapi import model_openapi
@@ -49,9 +49,13 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         if state.manager.current is None:
             logger.warning("no model export at %s yet: /ready answers 503 until one appears", cfg.models_path)
         state.manager.start()
+        state.materializer.start()
         try:
             yield
         finally:
+            state.materializer.stop()
+            state.online.close()
+            state.journal.close()
             state.manager.stop()
             state.executor.shutdown(wait=True)
             state.log.stop()  # flushes every queued row
@@ -66,13 +70,15 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_docs(app)
     app.add_middleware(
-        RequestGuard, max_body_bytes=cfg.max_body_bytes, json_paths=frozenset({"/predict", "/feedback"})
+        RequestGuard,
+        max_body_bytes=cfg.max_body_bytes,
+        json_paths=frozenset({"/predict", "/feedback", "/readings"}),
     )
     app.add_middleware(
         MetricsMiddleware, metrics_getter=lambda: getattr(getattr(app.state, "svc", None), "metrics", None)
     )
     predict.install(app)  # the hot path: on the app itself (see predict.install)
-    for router in (labels.router, ops.router):
+    for router in (labels.router, ops.router, features.router):
         app.include_router(router)
-    app.openapi = model_openapi(app, cfg.max_batch_records)  # type: ignore[method-assign]
+    app.openapi = model_openapi(app, cfg.max_batch_records, cfg.max_string_length)  # type: ignore[method-assign]
     return app

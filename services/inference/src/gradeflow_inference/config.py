@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gradeflow_shared.settings import AdminTokenSettings, BaseServiceSettings, require_secret
+from gradeflow_shared.settings import (
+    AdminTokenSettings,
+    BaseServiceSettings,
+    FeatureStoreSettings,
+    require_secret,
+)
 
 
-class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
+class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSettings):
     """Every variable the inference service reads (no prefix; see services/inference/README.md)."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -111,6 +117,35 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings):
         description="auto: per batch size, the path measured faster at load time; onnx or sklearn: always "
         "that path (PREDICT_PATH).",
     )
+
+    feature_materialize_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between scheduled materializations of the feature store's history into its "
+        "online store (FEATURE_MATERIALIZE_INTERVAL); 0: only on demand (POST /features/materialize). "
+        "Accepted readings do not wait for it: they are pushed by their own job (FEATURE_PUSH_INTERVAL).",
+    )
+
+    feature_push_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds between pushes of accepted readings into the feature store "
+        "(FEATURE_PUSH_INTERVAL); 0: each POST /readings batch is pushed at once. A longer interval batches "
+        "the pushes of heavy ingestion (and keeps readings out of the online store while fuzzing).",
+    )
+    feature_cache_students: int = Field(
+        default=200_000,
+        ge=0,
+        description="Students whose online features each inference thread keeps decoded (FEATURE_CACHE_STUDENTS; "
+        "SQLite online store only): dropped whenever the store changes, so a cached value is never staler "
+        "than the last write. 0: read the store at every request.",
+    )
+
+    @property
+    def feature_store_path(self) -> Path:
+        """FEATURE_STORE_DIR as ``features.store.store_dir`` resolves it (that module imports pandas:
+        kept off the start-up path)."""
+        return (self.feature_store_dir or (self.data_dir / "feature_store")).expanduser().resolve()
 
     def db_url(self) -> str:
         if self.prediction_db_url:

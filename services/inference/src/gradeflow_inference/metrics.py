@@ -30,6 +30,8 @@ ROUTES = frozenset(
         "/metrics",
         "/docs",
         "/openapi.json",
+        "/readings",
+        "/features/materialize",
     }
 )
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -115,12 +117,51 @@ class _LiveError:
         yield summary
         yield mae
 
+
+class _FeatureCollector:
+    """The feature store's ingestion and materialization at scrape time (journal counts, last runs)."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "inference_feature_ingest_lag_seconds",
+            "Age of the oldest accepted reading not yet in the online store (0: all online)",
+            value=s["lag_seconds"],
+        )
+        yield GaugeMetricFamily(
+            "inference_feature_readings_pending",
+            "Accepted readings not yet in the online store",
+            value=s["pending"],
+        )
+        yield CounterMetricFamily(
+            "inference_feature_readings_pushed", "Readings pushed into the feature store", value=s["pushed"]
+        )
+        last = s["last_materialized_at"]
+        yield GaugeMetricFamily(
+            "inference_feature_materialized_timestamp_seconds",
+            "When the last materialization (history -> online store) finished (0: none since start)",
+            value=last or 0.0,
+        )
+        runs = CounterMetricFamily(
+            "inference_feature_materializations", "Materializations by result", labels=["result"]
+        )
+        for result, n in s["materializations"].items():
+            runs.add_metric([result], n)
+        yield runs
+
     def describe(self) -> Iterable[Metric]:
         return []
 
 
 class Metrics:
-    def __init__(self, log_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        log_stats: Callable[[], dict[str, Any]],
+        feature_stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         served = ["model_version", "arm"]  # empty on routes that no model answers
         self.requests = Counter(
@@ -168,6 +209,13 @@ class Metrics:
         # check per call) on the request path; every key part is bounded (see the module docstring)
         self._http: dict[tuple[str, str, int, int | None, str], tuple[Any, Any, Any]] = {}
         self._predicted: dict[Served, Any] = {}
+        self.readings = Counter(
+            "inference_feature_readings_accepted",
+            "Readings accepted by POST /readings (committed to the journal)",
+            registry=self.registry,
+        )
+        if feature_stats is not None:
+            self.registry.register(_FeatureCollector(feature_stats))  # type: ignore[arg-type]
 
     def on_reload(self, ok: bool) -> None:
         self.reloads.labels("loaded" if ok else "refused").inc()

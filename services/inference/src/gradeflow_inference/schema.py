@@ -102,10 +102,15 @@ def _type_name(v: Any) -> str:
 class RecordValidator:
     """Validates records against one manifest's feature schema (immutable, shared by threads)."""
 
-    def __init__(self, manifest: Manifest, max_string_length: int = DEFAULT_MAX_STRING_LENGTH) -> None:
+    def __init__(
+        self, manifest: Manifest | list[FeatureSpec], max_string_length: int = DEFAULT_MAX_STRING_LENGTH
+    ) -> None:
+        """``manifest``: the serving model's (or a bare list of features: the feature store's schema)."""
         self.max_string_length = max_string_length
-        self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in manifest.features)
-        self.names: frozenset[str] = frozenset(f.name for f in self.features)
+        specs = manifest if isinstance(manifest, list) else manifest.features
+        self.features: tuple[_Feature, ...] = tuple(self._compile(f) for f in specs)
+        self.feature_names: tuple[str, ...] = tuple(f.name for f in self.features)
+        self.names: frozenset[str] = frozenset(self.feature_names)
         # one getter per feature: a column is list(map(getter, records)), a loop in C
         self._getters: tuple[Callable[[dict[str, Any]], Any], ...] = tuple(
             itemgetter(f.name) for f in self.features
@@ -123,11 +128,15 @@ class RecordValidator:
             categories=frozenset(f.categories) if f.categories is not None else None,
         )
 
-    def validate(self, records: list[Any], batch: bool) -> Batch:
+    def validate(self, records: list[Any], batch: bool, partial: bool = False) -> Batch:
         """Check every record; raise InvalidInput (422) listing the problems, else return the columns.
 
-        Big batches take a column-wise fast path (set of value types + numpy bound checks); any doubt
-        falls back to the record-by-record path, which produces the exact error list."""
+        ``partial``: a record may leave features out (feature store readings carry some features only;
+        an absent one is None in the columns). Big full batches take a column-wise fast path (set of value
+        types + numpy bound checks); any doubt falls back to the record-by-record path, which produces the
+        exact error list."""
+        if partial:
+            return self._validate_records(records, batch, partial=True)
         if len(records) > 8:
             fast = self._validate_columns(records)
             if fast is not None:
@@ -183,7 +192,7 @@ class RecordValidator:
                 columns[name] = col
         return Batch(n=len(records), columns=columns, unseen=unseen)
 
-    def _validate_records(self, records: list[Any], batch: bool) -> Batch:
+    def _validate_records(self, records: list[Any], batch: bool, partial: bool = False) -> Batch:
         n = len(records)
         columns: dict[str, list[Any]] = {f.name: [None] * n for f in self.features}
         unseen: dict[str, int] = {}
@@ -214,7 +223,8 @@ class RecordValidator:
             for f in self.features:
                 name = f.name
                 if name not in rec:
-                    errors.append(self._err(batch, i, name, "missing", "field required"))
+                    if not partial:
+                        errors.append(self._err(batch, i, name, "missing", "field required"))
                     continue
                 v = rec[name]
                 if v is None:
@@ -296,10 +306,11 @@ class RecordValidator:
             e["index"] = index
         return e
 
-    def json_schema(self, manifest: Manifest) -> dict[str, Any]:
+    def json_schema(self, manifest: Manifest | list[FeatureSpec]) -> dict[str, Any]:
         """JSON schema of one record (for GET /model and the OpenAPI docs)."""
+        specs = manifest if isinstance(manifest, list) else manifest.features
         props: dict[str, Any] = {}
-        for spec in manifest.features:
+        for spec in specs:
             p: dict[str, Any]
             if spec.kind == "numeric":
                 p = {
@@ -327,7 +338,7 @@ class RecordValidator:
         return {
             "type": "object",
             "properties": props,
-            "required": [f.name for f in manifest.features],
+            "required": [f.name for f in specs],
             "additionalProperties": False,
         }
 
@@ -343,42 +354,49 @@ def load_json(body: bytes) -> Any:
         ) from None
 
 
-def parse_body(body: bytes, names: frozenset[str], max_records: int) -> tuple[list[Any], bool]:
-    """The records of a POST /predict body and whether it was a batch (``{"records": [...]}``).
+def _batch_list(data: dict[str, Any], key: str, max_records: int) -> list[Any]:
+    """The array under ``key`` of a batch body (the only key allowed there), bounded in length."""
+    extra = [echo_key(k) for k in data if k != key][:MAX_PROBLEMS]
+    if extra:
+        raise InvalidInput(
+            f"{extra[0]}: unknown field next to '{key}'",
+            details=[{"field": k, "rule": "extra_forbidden", "message": "unknown field"} for k in extra],
+        )
+    items = data[key]
+    if not isinstance(items, list):
+        raise InvalidInput(
+            f"{key}: must be an array",
+            details=[{"field": key, "rule": "list_type", "message": "must be an array"}],
+        )
+    if not items:
+        raise InvalidInput(
+            f"{key}: at least one item required",
+            details=[{"field": key, "rule": "too_short", "message": "at least 1 item"}],
+        )
+    if len(items) > max_records:
+        raise InvalidInput(
+            f"{key}: at most {max_records} items per request, got {len(items)}",
+            details=[{"field": key, "rule": "too_long", "message": f"at most {max_records}"}],
+        )
+    return items
 
-    ``names`` are the serving model's features (a model with a feature called ``records`` takes one
-    record only). Raises InvalidInput for a body that is not JSON, not an object, or a bad batch."""
+
+def parse_body(body: bytes, names: frozenset[str], max_records: int) -> tuple[list[Any], bool]:
+    """The records of a POST /predict body and whether it was a batch.
+
+    A batch is ``{"records": [...]}`` or ``{"student_ids": [...]}`` (each id becomes the record
+    ``{"student_id": id}``, resolved from the feature store later). ``names`` are the serving model's
+    features (a model with a feature called ``records`` takes one record only). Raises InvalidInput for a
+    body that is not JSON, not an object, or a bad batch."""
     data = load_json(body)
     if isinstance(data, dict):
         if "records" in data and "records" not in names:
-            records = data["records"]
-            extra = [echo_key(k) for k in data if k != "records"][:MAX_PROBLEMS]
-            if extra:
-                raise InvalidInput(
-                    f"{extra[0]}: unknown field next to 'records'",
-                    details=[
-                        {"field": k, "rule": "extra_forbidden", "message": "unknown field"} for k in extra
-                    ],
-                )
-            if not isinstance(records, list):
-                raise InvalidInput(
-                    "records: must be an array of records",
-                    details=[{"field": "records", "rule": "list_type", "message": "must be an array"}],
-                )
-            if not records:
-                raise InvalidInput(
-                    "records: at least one record required",
-                    details=[{"field": "records", "rule": "too_short", "message": "at least 1 record"}],
-                )
-            if len(records) > max_records:
-                raise InvalidInput(
-                    f"records: at most {max_records} records per request, got {len(records)}",
-                    details=[{"field": "records", "rule": "too_long", "message": f"at most {max_records}"}],
-                )
-            return records, True
+            return _batch_list(data, "records", max_records), True
+        if "student_ids" in data and "student_ids" not in names:
+            return [{"student_id": sid} for sid in _batch_list(data, "student_ids", max_records)], True
         return [data], False
     raise InvalidInput(
-        'body must be a JSON object (one record) or {"records": [...]}',
+        'body must be a JSON object (one record) or {"records": [...]} or {"student_ids": [...]}',
         details=[{"field": "", "rule": "model_type", "message": "expected a JSON object"}],
     )
 

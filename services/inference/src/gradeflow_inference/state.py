@@ -10,6 +10,9 @@ from gradeflow_shared.errors import ModelNotLoaded
 from .config import InferenceSettings
 from .metrics import Metrics
 from .model import ModelManager
+from .online.journal import JOURNAL_FILE, ReadingJournal
+from .online.materializer import Materializer
+from .online.reader import OnlineFeatures, open_online
 from .predlog.store import LogStore
 from .predlog.writer import LogWriter
 
@@ -28,7 +31,7 @@ class ServiceState:
             if settings.inference_log_enabled
             else None,
         )
-        self.metrics = Metrics(self.log_stats)
+        self.metrics = Metrics(self.log_stats, self.feature_stats)
         self.manager = ModelManager(
             settings.models_path,
             interval=settings.reload_interval,
@@ -41,10 +44,22 @@ class ServiceState:
         self.log_enabled = settings.inference_log_enabled
         self.durable_ack = settings.inference_log_enabled and settings.log_durable_ack
         self.max_records = settings.max_batch_records
+        # the feature store's online values for POST /predict by student id (opened at the first lookup)
+        self.online: OnlineFeatures = open_online(
+            settings.feature_store_path, settings.feature_online_store_url, settings.feature_cache_students
+        )
+        # readings accepted by POST /readings, pushed into the store by the materializer thread
+        self.journal = ReadingJournal(settings.feature_store_path / JOURNAL_FILE)
+        self.materializer = Materializer(
+            settings, self.journal, settings.feature_materialize_interval, settings.feature_push_interval
+        )
         # the one inference thread for big batches (small ones run inline on the event loop)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_threads, thread_name_prefix="inference"
         )
+
+    def feature_stats(self) -> dict[str, Any]:
+        return self.materializer.stats()
 
     def log_stats(self) -> dict[str, Any]:
         s = self.log.stats()

@@ -13,6 +13,8 @@ from gradeflow_shared.contracts import PredictResponse
 
 from ...metrics import CHAMPION, SERVED
 from ...model import LoadedModel
+from ...online.reader import OnlineFeatures
+from ...online.resolve import resolve
 from ...openapi import error_responses
 from ...predlog.ids import new_batch_key
 from ...predlog.store import LogBatch
@@ -25,7 +27,13 @@ INLINE_MAX_RECORDS = 16  # smaller batches are validated and predicted on the ev
 PREDICT_DOC = """Predict one record or a batch.
 
 * one record: a JSON object with every feature of the serving model (see GET /model for the schema);
-* a batch: `{"records": [record, ...]}` (at most MAX_BATCH_RECORDS records).
+* a batch: `{"records": [record, ...]}` (at most MAX_BATCH_RECORDS records);
+* by student id: `{"student_id": "s-0001"}` in place of a record, also inside `records`, or a batch of ids
+  `{"student_ids": ["s-0001", ...]}`. The student's latest features come from the feature store's online
+  store; features sent next to `student_id` override the stored ones. The filled-in record is validated
+  like a sent one and logged with the values used. A student the store does not know -> 404 naming the
+  id; a feature neither sent nor stored (`feature_missing`) or stored longer ago than its time to live
+  (`feature_expired`) -> 422 naming the feature and the student.
 
 The answer names the model version that produced every prediction and one request id per record
 (use it for POST /feedback). Validation: a missing field, an unknown field, a wrong type or a value
@@ -38,9 +46,13 @@ row). The body must be `Content-Type: application/json` (else 415) and at most M
 """
 
 
-def run_predict(model: LoadedModel, records: list[object], batch: bool) -> tuple[Batch, list[float]]:
+def run_predict(
+    model: LoadedModel, records: list[object], batch: bool, online: OnlineFeatures | None
+) -> tuple[list[object], Batch, list[float]]:
+    """The records as predicted (by-id records filled in from the online store), validated, predicted."""
+    records = resolve(records, batch, online, model.validator.feature_names)
     b = model.validator.validate(records, batch)
-    return b, model.predict(b)
+    return records, b, model.predict(b)
 
 
 async def predict(request: Request) -> Response:
@@ -54,15 +66,17 @@ async def predict(request: Request) -> Response:
     body = await request.body()
     records, batch = parse_body(body, model.validator.names, state.max_records)
     if len(records) <= INLINE_MAX_RECORDS:
-        b, preds = run_predict(model, records, batch)
+        records, b, preds = run_predict(model, records, batch, state.online)
     else:
         loop = asyncio.get_running_loop()
-        b, preds = await loop.run_in_executor(state.executor, run_predict, model, records, batch)
+        records, b, preds = await loop.run_in_executor(
+            state.executor, run_predict, model, records, batch, state.online
+        )
     key = new_batch_key()
     latency_ms = (time.perf_counter() - t0) * 1000.0
     if state.log_enabled:
         # one log entry per request: the validated records (re-encoded by the writer thread, so nothing
-        # the validator did not see is stored) and the predictions
+        # the validator did not see is stored; by-id records with the stored values used) and the predictions
         entry = LogBatch(key, time.time(), version, records, preds, latency_ms, b.n)
         if state.durable_ack:
             await state.log.acked(entry)  # answer only once the row is committed (LOG_DURABLE_ACK)
@@ -90,6 +104,6 @@ def install(app: FastAPI) -> None:
         summary="Predict one record or a batch",
         description=PREDICT_DOC,
         response_model=PredictResponse,
-        responses=error_responses(413, 415, 422, 503),
+        responses=error_responses(404, 413, 415, 422, 503),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}},
     )
