@@ -241,9 +241,9 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def resolve_current(model_dir: Path) -> Path | None:
-    """The directory ``current`` points to right now, or None when nothing is exported."""
-    link = Path(model_dir) / CURRENT
+def resolve_current(model_dir: Path, name: str = CURRENT) -> Path | None:
+    """The directory ``current`` (or the link ``name``) points to right now, or None when nothing is exported."""
+    link = Path(model_dir) / name
     try:
         target = os.readlink(link)
     except (FileNotFoundError, OSError):
@@ -422,12 +422,13 @@ def find_export(model_dir: Path, version: int) -> Path | None:
 
 
 def prune(model_dir: Path, keep: int = 5) -> None:
-    """Keep the newest ``keep`` exports (and the current one); drop stale staging dirs."""
+    """Keep the newest ``keep`` exports (and the ones ``current`` and a rollout's ``candidate`` point to);
+    drop stale staging dirs."""
     model_dir = Path(model_dir)
-    current = resolve_current(model_dir)
+    pinned = {resolve_current(model_dir), resolve_current(model_dir, "candidate")} - {None}
     exports = list_exports(model_dir)
     for p in exports[:-keep] if keep > 0 else []:
-        if current is not None and p.resolve() == current:
+        if p.resolve() in pinned:
             continue
         shutil.rmtree(p, ignore_errors=True)
     for p in model_dir.glob(".staging-*"):

@@ -49,10 +49,12 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         if state.manager.current is None:
             logger.warning("no model export at %s yet: /ready answers 503 until one appears", cfg.models_path)
         state.manager.start()
+        state.rollout.shadow.start()
         try:
             yield
         finally:
             state.manager.stop()
+            state.rollout.shadow.stop()
             state.executor.shutdown(wait=True)
             state.log.stop()  # flushes every queued row
 

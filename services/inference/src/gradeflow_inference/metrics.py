@@ -97,6 +97,53 @@ class Metrics:
     def on_reload(self, ok: bool) -> None:
         self.reloads.labels("loaded" if ok else "refused").inc()
 
+    def watch_rollout(self, slot: Any) -> None:
+        """Export the rollout's counters (``_RolloutCollector``) at scrape time."""
+        self.registry.register(_RolloutCollector(slot))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- progressive delivery (rollout.RolloutSlot)
+class _RolloutCollector:
+    """Shadow predictions (by challenger version), shadows dropped, and records per rollout arm."""
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def collect(self) -> Iterable[Metric]:
+        slot = self._slot
+        view = slot.view
+        shadow = CounterMetricFamily(
+            "inference_shadow_predictions",
+            "Requests predicted by the challenger off the request path (shadow stage)",
+            labels=["model_version"],
+        )
+        if view is not None:
+            shadow.add_metric([str(view.candidate.version)], slot.shadow.done)
+        yield shadow
+        yield CounterMetricFamily(
+            "inference_shadow_dropped",
+            "Shadow predictions dropped because the shadow queue was full (the answer is never affected)",
+            value=slot.shadow.dropped,
+        )
+        arms = CounterMetricFamily(
+            "inference_rollout_records",
+            "Records per rollout arm in the current stage (champion | candidate)",
+            labels=["arm"],
+        )
+        errors = CounterMetricFamily(
+            "inference_rollout_errors",
+            "Records the arm could not predict in the current stage (the champion answered them)",
+            labels=["arm"],
+        )
+        for arm, st in slot.stats.as_dict().items():
+            arms.add_metric([arm], st["records"])
+            errors.add_metric([arm], st["errors"])
+        yield arms
+        yield errors
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
 
 class MetricsMiddleware:
     """Pure ASGI middleware: counts requests and observes latency by route and status (cheap per call)."""

@@ -12,6 +12,7 @@ from .metrics import Metrics
 from .model import ModelManager
 from .predlog.store import LogStore
 from .predlog.writer import LogWriter
+from .rollout import RolloutSlot
 
 
 class ServiceState:
@@ -29,6 +30,16 @@ class ServiceState:
             else None,
         )
         self.metrics = Metrics(self.log_stats)
+        # the candidate of a progressive rollout, checked on every poll of the model watcher
+        self.rollout = RolloutSlot(
+            settings.models_path,
+            self.log.store if settings.inference_log_enabled else None,
+            shadow_queue_max=settings.shadow_queue_max,
+            tolerance=settings.verify_tolerance,
+            verify_rows=settings.verify_rows,
+            max_string_length=settings.max_string_length,
+        )
+        self.metrics.watch_rollout(self.rollout)
         self.manager = ModelManager(
             settings.models_path,
             interval=settings.reload_interval,
@@ -37,6 +48,7 @@ class ServiceState:
             predict_path=settings.predict_path,
             max_string_length=settings.max_string_length,
             on_reload=self.metrics.on_reload,
+            on_poll=self.rollout.check,
         )
         self.log_enabled = settings.inference_log_enabled
         self.durable_ack = settings.inference_log_enabled and settings.log_durable_ack
