@@ -27,6 +27,7 @@ from .storage import Store
 logger = logging.getLogger(__name__)
 
 JOB_ID = "drift-check"
+ROLLOUT_JOB_ID = "rollout-check"
 
 
 def get_monitor(request: Request) -> Monitor:
@@ -85,6 +86,16 @@ def create_app(
                 coalesce=True,
                 misfire_grace_time=None,
             )
+            if monitor.rollout is not None:
+                scheduler.add_job(
+                    monitor.rollout.check,
+                    "interval",
+                    seconds=s.rollout_interval_seconds,
+                    id=ROLLOUT_JOB_ID,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,
+                )
             scheduler.start()
             logger.info("scheduled drift check every %.0fs", s.check_interval_seconds)
         app.state.settings, app.state.store, app.state.monitor, app.state.scheduler = (
