@@ -91,7 +91,12 @@ def test_stage_promote_and_slot_cleared(settings: TrainerSettings) -> None:
     cur = mf.read_current(settings.models_path)
     assert cur is not None and cur[1].version == 2
     assert candidate_of(settings) is None
-    assert [e.action for e in reg.promotion_events()] == ["gate", "rollout_start", "rollout_stage", "rollout_promote"]
+    assert [e.action for e in reg.promotion_events()] == [
+        "gate",
+        "rollout_start",
+        "rollout_stage",
+        "rollout_promote",
+    ]
     assert hist.champion_stack(reg.promotion_events()) == [1, 2]
     with pytest.raises(Conflict):
         rollout.promote(settings, reg, "again")
@@ -115,7 +120,9 @@ def test_expiry(settings: TrainerSettings) -> None:
     reg = InMemoryRegistry()
     state = in_rollout(settings, reg)
     assert rollout.check_expiry(settings, reg) is None  # not yet
-    sro.write_state(settings.models_path, state.model_copy(update={"expires_at": sro.now() - timedelta(seconds=1)}))
+    sro.write_state(
+        settings.models_path, state.model_copy(update={"expires_at": sro.now() - timedelta(seconds=1)})
+    )
     ended = rollout.check_expiry(settings, reg)
     assert ended is not None and ended.decision == "expired" and "ROLLOUT_MAX_AGE_SECONDS" in ended.reason
     assert reg.promotion_events()[-1].action == "rollout_expire" and reg.champion_version() == 1
@@ -146,7 +153,9 @@ def test_crash_while_starting_then_repair(settings: TrainerSettings, step: str) 
 
 
 @pytest.mark.parametrize("op", ["promote", "rolled_back"])
-@pytest.mark.parametrize("step", ["rollout_end:state", "rollout_end:candidate", "promote:alias", "promote:current"])
+@pytest.mark.parametrize(
+    "step", ["rollout_end:state", "rollout_end:candidate", "promote:alias", "promote:current"]
+)
 def test_crash_while_ending_then_repair(settings: TrainerSettings, op: str, step: str) -> None:
     if op == "rolled_back" and step.startswith("promote:"):
         pytest.skip("a rollback does not go through the champion change")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gradeflow_shared.contracts import LoggedPrediction, PredictionPage
+from gradeflow_shared.errors import GradeflowError
 from gradeflow_shared.http import ServiceClient
 
 from . import sequential
@@ -120,6 +121,17 @@ class RolloutJudge:
         path = self.settings.service_dir("monitor") / "rollouts"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def in_progress(self) -> str | None:
+        """A sentence naming the rollout in progress, or None (also when the trainer does not answer)."""
+        try:
+            view = self.trainer.get("/rollout")
+        except GradeflowError:
+            return None
+        r = view.get("rollout") if isinstance(view, dict) and view.get("active") else None
+        if not isinstance(r, dict):
+            return None
+        return f"rollout of v{r.get('candidate_version')} in {r.get('stage')} in progress: its decision comes first"
 
     def _labelled_since(self, since: str) -> list[LoggedPrediction]:
         out: list[LoggedPrediction] = []

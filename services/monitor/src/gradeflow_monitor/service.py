@@ -374,6 +374,9 @@ class Monitor:
         return job.state, promoted
 
     def _trigger(self, run: Run, decision: guards.Decision) -> guards.Decision:
+        busy = self.rollout.in_progress() if self.rollout is not None else None
+        if busy:  # a retrain now would supersede the challenger being judged on live labels
+            return guards.Decision(guards.SKIPPED, f"{decision.reason}; {busy}", guards.SKIP_ROLLOUT)
         req = RetrainRequest(
             reason=f"monitor run {run.id}: {decision.reason}"[:2000], monitor_run_id=str(run.id)
         )
