@@ -122,16 +122,31 @@ class RolloutJudge:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def in_progress(self) -> str | None:
-        """A sentence naming the rollout in progress, or None (also when the trainer does not answer)."""
+    def _last(self) -> tuple[bool, dict[str, Any]] | None:
+        """(active, the last rollout) from the trainer; None when there is none or it does not answer."""
         try:
             view = self.trainer.get("/rollout")
         except GradeflowError:
             return None
-        r = view.get("rollout") if isinstance(view, dict) and view.get("active") else None
-        if not isinstance(r, dict):
+        r = view.get("rollout") if isinstance(view, dict) else None
+        return (bool(view.get("active")), r) if isinstance(r, dict) else None
+
+    def in_progress(self) -> str | None:
+        """A sentence naming the rollout in progress, or None (also when the trainer does not answer)."""
+        last = self._last()
+        if last is None or not last[0]:
             return None
+        r = last[1]
         return f"rollout of v{r.get('candidate_version')} in {r.get('stage')} in progress: its decision comes first"
+
+    def withdrawn(self, version: int) -> bool:
+        """True when ``version``'s rollout (the last one) ended without a promotion."""
+        last = self._last()
+        return (
+            last is not None
+            and last[1].get("candidate_version") == version
+            and last[1].get("decision") in ("rolled_back", "aborted", "expired")
+        )
 
     def _labelled_since(self, since: str) -> list[LoggedPrediction]:
         out: list[LoggedPrediction] = []

@@ -371,6 +371,8 @@ class Monitor:
             logger.warning("cannot poll retrain job %s: %s", state.last_job_id, exc.message)
             return "unknown", None
         promoted = job.result.version if job.result is not None and job.result.decision.promoted else None
+        if promoted is not None and self.rollout is not None and self.rollout.withdrawn(promoted):
+            promoted = None  # the gate approved it, but its rollout ended without a promotion
         return job.state, promoted
 
     def _trigger(self, run: Run, decision: guards.Decision) -> guards.Decision:
