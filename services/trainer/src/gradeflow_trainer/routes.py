@@ -319,6 +319,8 @@ async def rollout_stage(body: RolloutStage, settings: Settings, registry: Regist
 @router.post(
     "/rollout/evidence",
     summary="Record the monitor's evaluation of the rollout (admin)",
+    description="The monitor posts its latest evaluation (sequential test, both models' errors, per-arm "
+    "stats); GET /rollout shows it as the evidence so far. At most 20000 characters of JSON.",
     response_model=RolloutView,
     dependencies=Admin,
     responses=errors(401, 409, 422),
