@@ -24,7 +24,7 @@ import pytest
 
 from gradeflow_shared import synth
 from gradeflow_testkit.loop import Urls, send_labelled, wait_for
-from gradeflow_testkit.stack import local_stack, print_logs, stop_stack
+from gradeflow_testkit.stack import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -34,7 +34,7 @@ SCENARIO = "concept_study_hours"
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Urls]:
     data_dir = tmp_path_factory.mktemp("e2e-rollout")
-    urls, procs = local_stack(
+    with running_stack(
         data_dir,
         {
             "DATASET": "synthetic",
@@ -50,15 +50,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Urls]:
             "MIN_LABELLED_ROWS": "200",
             "RETRAIN_COOLDOWN_SECONDS": "5",
         },
-    )
-    ok = False
-    try:
+    ) as urls:
         yield urls
-        ok = True
-    finally:
-        if not ok:
-            print_logs(procs, lines=80)
-        stop_stack(procs)
 
 
 class Traffic:

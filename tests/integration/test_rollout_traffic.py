@@ -21,7 +21,7 @@ import pytest
 
 from gradeflow_shared import synth
 from gradeflow_testkit.loop import Urls, to_records, wait_for
-from gradeflow_testkit.stack import local_stack, print_logs, stop_stack
+from gradeflow_testkit.stack import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ CLIENTS = 16
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Urls]:
     data_dir = tmp_path_factory.mktemp("rollout-traffic")
-    urls, procs = local_stack(
+    with running_stack(
         data_dir,
         {
             "DATASET": "synthetic",
@@ -42,15 +42,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Urls]:
             "SCHEDULER_ENABLED": "false",
             "RELOAD_INTERVAL": "0.2",
         },
-    )
-    ok = False
-    try:
+    ) as urls:
         yield urls
-        ok = True
-    finally:
-        if not ok:
-            print_logs(procs)
-        stop_stack(procs)
 
 
 class Hammer:

@@ -24,12 +24,7 @@ from gradeflow_trainer.config import TrainerSettings
 from gradeflow_trainer.registry import InMemoryRegistry
 
 from .conftest import unit_settings
-
-GOOD = ("gbr", {"n_estimators": 40, "learning_rate": 0.1, "max_depth": 3})
-
-
-class Crash(Exception):
-    """Stands for the SIGKILL of the fault hook."""
+from .test_promotion import GOOD, Crash
 
 
 @pytest.fixture

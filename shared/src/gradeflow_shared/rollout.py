@@ -19,10 +19,7 @@ lands in the same arm for a given share, in every process and after a restart.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from .errors import ExportError
-from .manifest import resolve_current
+from .manifest import _fsync_dir, point_link, resolve_current, write_file_atomic
 
 ROLLOUT_FILE = "rollout.json"
 CANDIDATE = "candidate"
@@ -87,28 +84,7 @@ def read_state(model_dir: Path) -> RolloutState | None:
 
 def write_state(model_dir: Path, state: RolloutState) -> None:
     """Write ``rollout.json`` atomically (a reader sees the old or the new state, never a mix)."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".{ROLLOUT_FILE}-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(state.model_dump_json(indent=2))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, model_dir / ROLLOUT_FILE)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(model_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file_atomic(model_dir, ROLLOUT_FILE, state.model_dump_json(indent=2))
 
 
 def resolve_candidate(model_dir: Path) -> Path | None:
@@ -118,11 +94,7 @@ def resolve_candidate(model_dir: Path) -> Path | None:
 
 def point_candidate(model_dir: Path, export_dir: Path) -> None:
     """Swap ``candidate`` to ``export_dir`` atomically (a new symlink renamed over the old one)."""
-    model_dir = Path(model_dir)
-    tmp = model_dir / f".candidate-{os.getpid()}-{time.monotonic_ns()}"
-    os.symlink(os.path.relpath(export_dir, model_dir), tmp)
-    os.replace(tmp, model_dir / CANDIDATE)
-    _fsync_dir(model_dir)
+    point_link(model_dir, CANDIDATE, export_dir)
 
 
 def clear_candidate(model_dir: Path) -> bool:
