@@ -715,7 +715,7 @@ class ModelManager:
         try:
             self._check_current(fast)
         finally:
-            if self.on_poll is not None:
+            if self.on_poll is not None and not fast:  # not in the start-up poll: the candidate waits
                 self.on_poll()
 
     def _check_current(self, fast: bool) -> None:

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 KEY_FIELD = "student_id"
 KEY_HEADER = "x-rollout-key"
 ARMS = ("champion", "candidate")
+STORE_WAIT_SECONDS = 30.0
 GATHER_SECONDS = 0.05  # the shadow thread waits this long for more requests before predicting a batch
 
 
@@ -152,7 +153,8 @@ class ShadowWorker:
                 except queue.Empty:
                     break
             rows = self.predict_many(items)
-            if rows and self.store is not None and self.store.ready.is_set():
+            # the log's database opens in the writer's thread at start: wait for it rather than drop rows
+            if rows and self.store is not None and self.store.ready.wait(STORE_WAIT_SECONDS):
                 try:
                     self.store.write_shadow(rows)
                 except Exception:  # noqa: BLE001 - a shadow row is evidence, never worth the thread

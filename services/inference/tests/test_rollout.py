@@ -1,0 +1,123 @@
+"""The candidate slot in the inference app: loaded beside the champion, shadow logged against the same
+request ids, sticky canary, withdrawn when the state ends, refused when it does not match its manifest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from gradeflow_inference.app import create_app
+from gradeflow_shared import manifest as mf
+from gradeflow_shared import rollout as ro
+from gradeflow_testkit import exports
+
+
+def _start(
+    model_dir: Path, fitted: exports.Fitted, stage: str, canary: float = 0.5, run_id: str | None = None
+) -> None:
+    cand = exports.republish(model_dir, fitted.exports["ridge"], 2, swap_current=False)
+    ro.point_candidate(model_dir, cand)
+    at = ro.now()
+    ro.write_state(
+        model_dir,
+        ro.RolloutState(
+            rollout_id="r1",
+            model_name="student-grade",
+            champion_version=1,
+            champion_run_id="run-rf",
+            candidate_version=2,
+            candidate_run_id=run_id or mf.read_manifest(cand).run_id,
+            stage=stage,
+            stages=["shadow", "canary"],
+            shadow_share=1.0,
+            canary_share=canary,
+            started_at=at,
+            stage_started_at=at,
+            expires_at=at,
+        ),
+    )
+
+
+def _wait(what: str, cond: Callable[[], Any], timeout: float = 20) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_shadow_logs_both_predictions_and_answers_with_the_champion(
+    model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
+) -> None:
+    with TestClient(create_app(make_settings(model_dir))) as c:
+        _start(model_dir, fitted, "shadow")
+        _wait("the candidate", lambda: c.get("/rollout").json()["active"])
+        out = c.post("/predict", json={"records": fitted.records[:5]}).json()
+        assert out["model_version"] == 1
+        ids = {p["request_id"]: p["prediction"] for p in out["predictions"]}
+
+        def logged() -> list[dict[str, Any]]:
+            items = c.get("/predictions", params={"limit": 100}).json()["items"]
+            mine = [x for x in items if x["request_id"] in ids and x["shadow_version"] == 2]
+            return mine if len(mine) == 5 else []
+
+        rows = _wait("shadow rows", logged)
+        for x in rows:
+            assert (
+                x["arm"] == "champion" and x["model_version"] == 1 and x["prediction"] == ids[x["request_id"]]
+            )
+            assert (
+                x["shadow_prediction"] is not None and x["shadow_prediction"] != x["prediction"]
+            )  # ridge != rf
+        st = c.get("/rollout").json()
+        assert st["shadow"]["predicted"] >= 1 and st["arms"]["candidate"]["records"] >= 5
+        assert "inference_shadow_predictions_total" in c.get("/metrics").text
+        # the rollout ends: the candidate is dropped, the champion alone answers
+        state = ro.read_state(model_dir)
+        assert state is not None
+        ro.write_state(model_dir, state.model_copy(update={"decision": "aborted"}))
+        ro.clear_candidate(model_dir)
+        _wait("the candidate dropped", lambda: not c.get("/rollout").json()["active"])
+
+
+def test_canary_is_sticky_and_logged_per_record(
+    model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
+) -> None:
+    with TestClient(create_app(make_settings(model_dir))) as c:
+        _start(model_dir, fitted, "canary", canary=0.5)
+        _wait("the canary", lambda: (c.get("/rollout").json()["rollout"] or {}).get("stage") == "canary")
+        rec = fitted.records[0]
+        by_key = {}
+        for k in range(40):
+            versions = {
+                c.post("/predict", json=rec, headers={"X-Rollout-Key": f"s{k}"}).json()["model_version"]
+                for _ in range(3)
+            }
+            assert len(versions) == 1  # sticky
+            by_key[f"s{k}"] = versions.pop()
+        assert set(by_key.values()) == {1, 2}  # both arms answer at a 50 % share
+        assert all((v == 2) == ro.to_candidate(f"h:{k}", 0.5) for k, v in by_key.items())
+        out = c.post("/predict", json={"records": fitted.records[:40]})
+        arm = out.headers.get("X-Rollout-Arm")
+        assert arm == "mixed", arm
+        ids = [p["request_id"] for p in out.json()["predictions"]]
+        items = {x["request_id"]: x for x in c.get("/predictions", params={"limit": 1000}).json()["items"]}
+        arms = {items[i]["arm"] for i in ids}
+        assert arms == {"champion", "candidate"}
+        assert all(items[i]["model_version"] == (2 if items[i]["arm"] == "candidate" else 1) for i in ids)
+
+
+def test_candidate_not_matching_the_state_is_refused(
+    model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
+) -> None:
+    with TestClient(create_app(make_settings(model_dir))) as c:
+        _start(model_dir, fitted, "canary", canary=0.99, run_id="another-run")
+        _wait("the refusal", lambda: "candidate refused" in (c.get("/rollout").json()["error"] or ""))
+        assert not c.get("/rollout").json()["active"]
+        assert all(c.post("/predict", json=r).json()["model_version"] == 1 for r in fitted.records[:10])
