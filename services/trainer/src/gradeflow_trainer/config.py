@@ -195,7 +195,8 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         default=7 * 86400.0,
         gt=0,
         description="A rollout not decided after this many seconds (too few labels) expires: the champion "
-        "stays, the challenger is withdrawn, the decision is recorded (ROLLOUT_MAX_AGE_SECONDS).",
+        "stays, the challenger is withdrawn, the decision is recorded (ROLLOUT_MAX_AGE_SECONDS; checked every "
+        "RECONCILE_INTERVAL seconds).",
     )
     trainer_fault_point: str = Field(
         default="",
