@@ -3,7 +3,7 @@ request ids, sticky canary, withdrawn when the state ends, refused when it does 
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,9 @@ from gradeflow_inference.app import create_app
 from gradeflow_shared import manifest as mf
 from gradeflow_shared import rollout as ro
 from gradeflow_testkit import exports
+from gradeflow_testkit.loop import wait_for
+
+wait = functools.partial(wait_for, timeout=20, interval=0.05)
 
 
 def _start(
@@ -42,22 +45,12 @@ def _start(
     )
 
 
-def _wait(what: str, cond: Callable[[], Any], timeout: float = 20) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_shadow_logs_both_predictions_and_answers_with_the_champion(
     model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
 ) -> None:
     with TestClient(create_app(make_settings(model_dir))) as c:
         _start(model_dir, fitted, "shadow")
-        _wait("the candidate", lambda: c.get("/rollout").json()["active"])
+        wait("the candidate", lambda: c.get("/rollout").json()["active"])
         out = c.post("/predict", json={"records": fitted.records[:5]}).json()
         assert out["model_version"] == 1
         ids = {p["request_id"]: p["prediction"] for p in out["predictions"]}
@@ -67,7 +60,7 @@ def test_shadow_logs_both_predictions_and_answers_with_the_champion(
             mine = [x for x in items if x["request_id"] in ids and x["shadow_version"] == 2]
             return mine if len(mine) == 5 else []
 
-        rows = _wait("shadow rows", logged)
+        rows = wait("shadow rows", logged)
         for x in rows:
             assert (
                 x["arm"] == "champion" and x["model_version"] == 1 and x["prediction"] == ids[x["request_id"]]
@@ -83,7 +76,7 @@ def test_shadow_logs_both_predictions_and_answers_with_the_champion(
         assert state is not None
         ro.write_state(model_dir, state.model_copy(update={"decision": "aborted"}))
         ro.clear_candidate(model_dir)
-        _wait("the candidate dropped", lambda: not c.get("/rollout").json()["active"])
+        wait("the candidate dropped", lambda: not c.get("/rollout").json()["active"])
 
 
 def test_canary_is_sticky_and_logged_per_record(
@@ -91,7 +84,7 @@ def test_canary_is_sticky_and_logged_per_record(
 ) -> None:
     with TestClient(create_app(make_settings(model_dir))) as c:
         _start(model_dir, fitted, "canary", canary=0.5)
-        _wait("the canary", lambda: (c.get("/rollout").json()["rollout"] or {}).get("stage") == "canary")
+        wait("the canary", lambda: (c.get("/rollout").json()["rollout"] or {}).get("stage") == "canary")
         rec = fitted.records[0]
         by_key = {}
         for k in range(40):
@@ -118,6 +111,6 @@ def test_candidate_not_matching_the_state_is_refused(
 ) -> None:
     with TestClient(create_app(make_settings(model_dir))) as c:
         _start(model_dir, fitted, "canary", canary=0.99, run_id="another-run")
-        _wait("the refusal", lambda: "candidate refused" in (c.get("/rollout").json()["error"] or ""))
+        wait("the refusal", lambda: "candidate refused" in (c.get("/rollout").json()["error"] or ""))
         assert not c.get("/rollout").json()["active"]
         assert all(c.post("/predict", json=r).json()["model_version"] == 1 for r in fitted.records[:10])
