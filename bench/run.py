@@ -189,25 +189,10 @@ def shadow_models(work: Path, export: Path) -> Path:
     mf.point_current(md, export, reason="bench")
     ro.point_candidate(md, export)
     m = mf.read_manifest(export)
-    at = ro.now()
-    ro.write_state(
-        md,
-        ro.RolloutState(
-            rollout_id="bench",
-            model_name=m.model_name,
-            champion_version=m.version,
-            champion_run_id=m.run_id,
-            candidate_version=m.version,
-            candidate_run_id=m.run_id,
-            stage="shadow",
-            stages=["shadow"],
-            shadow_share=1.0,
-            canary_share=0.1,
-            started_at=at,
-            stage_started_at=at,
-            expires_at=at,
-        ),
+    state = ro.RolloutState.begin(
+        "bench", m.model_name, (m.version, m.run_id), (m.version, m.run_id), ["shadow"]
     )
+    ro.write_state(md, state)
     return md
 
 

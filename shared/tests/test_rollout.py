@@ -51,22 +51,8 @@ def test_state_and_link_round_trip(tmp_path: Path) -> None:
     (tmp_path / "versions" / "v000002-x").mkdir(parents=True)
     ro.point_candidate(tmp_path, tmp_path / "versions" / "v000002-x")
     assert ro.resolve_candidate(tmp_path) == (tmp_path / "versions" / "v000002-x").resolve()
-    now = ro.now()
-    st = ro.RolloutState(
-        rollout_id="abc",
-        model_name="m",
-        champion_version=1,
-        champion_run_id="r1",
-        candidate_version=2,
-        candidate_run_id="r2",
-        stage="shadow",
-        stages=["shadow"],
-        shadow_share=1.0,
-        canary_share=0.1,
-        started_at=now,
-        stage_started_at=now,
-        expires_at=now,
-    )
+    st = ro.RolloutState.begin("abc", "m", (1, "r1"), (2, "r2"), ["shadow"], max_age_seconds=60)
+    assert st.stage == "shadow" and (st.expires_at - st.started_at).total_seconds() == 60
     ro.write_state(tmp_path, st)
     assert ro.read_state(tmp_path) == st and st.active
     assert not list(tmp_path.glob(".rollout.json-*"))  # no temp file left

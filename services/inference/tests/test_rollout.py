@@ -24,25 +24,11 @@ def _start(
 ) -> None:
     cand = exports.republish(model_dir, fitted.exports["ridge"], 2, swap_current=False)
     ro.point_candidate(model_dir, cand)
-    at = ro.now()
-    ro.write_state(
-        model_dir,
-        ro.RolloutState(
-            rollout_id="r1",
-            model_name="student-grade",
-            champion_version=1,
-            champion_run_id="run-rf",
-            candidate_version=2,
-            candidate_run_id=run_id or mf.read_manifest(cand).run_id,
-            stage=stage,
-            stages=["shadow", "canary"],
-            shadow_share=1.0,
-            canary_share=canary,
-            started_at=at,
-            stage_started_at=at,
-            expires_at=at,
-        ),
+    run = run_id or mf.read_manifest(cand).run_id
+    state = ro.RolloutState.begin(
+        "r1", "student-grade", (1, "run-rf"), (2, run), ["shadow", "canary"], 1.0, canary
     )
+    ro.write_state(model_dir, state.model_copy(update={"stage": stage}))
 
 
 def test_shadow_logs_both_predictions_and_answers_with_the_champion(

@@ -20,7 +20,7 @@ lands in the same arm for a given share, in every process and after a restart.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +70,38 @@ class RolloutState(BaseModel):
     @property
     def active(self) -> bool:
         return self.decision is None
+
+    @classmethod
+    def begin(
+        cls,
+        rollout_id: str,
+        model_name: str,
+        champion: tuple[int | None, str | None],
+        candidate: tuple[int, str],
+        stages: list[Stage],
+        shadow_share: float = 1.0,
+        canary_share: float = 0.1,
+        max_age_seconds: float = 7 * 86400.0,
+        reason: str = "",
+    ) -> RolloutState:
+        """A new rollout in its first stage (``champion``, ``candidate``: version and run id)."""
+        at = now()
+        return cls(
+            rollout_id=rollout_id,
+            model_name=model_name,
+            champion_version=champion[0],
+            champion_run_id=champion[1],
+            candidate_version=candidate[0],
+            candidate_run_id=candidate[1],
+            stage=stages[0],
+            stages=stages,
+            shadow_share=shadow_share,
+            canary_share=canary_share,
+            started_at=at,
+            stage_started_at=at,
+            expires_at=at + timedelta(seconds=max_age_seconds),
+            reason=reason,
+        )
 
 
 def read_state(model_dir: Path) -> RolloutState | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,21 +121,15 @@ def start(
     pr.fault(settings, "rollout_start", "staged")
     ro.point_candidate(settings.models_path, export_dir)
     pr.fault(settings, "rollout_start", "candidate")
-    at = ro.now()
-    state = ro.RolloutState(
-        rollout_id=uuid.uuid4().hex[:12],
-        model_name=registry.model_name,
-        champion_version=champ,
-        champion_run_id=champ_run,
-        candidate_version=version,
-        candidate_run_id=run_id,
-        stage=stages[0],
-        stages=stages,
+    state = ro.RolloutState.begin(
+        uuid.uuid4().hex[:12],
+        registry.model_name,
+        (champ, champ_run),
+        (version, run_id),
+        stages,
         shadow_share=settings.rollout_shadow_share,
         canary_share=settings.rollout_canary_share,
-        started_at=at,
-        stage_started_at=at,
-        expires_at=at + timedelta(seconds=settings.rollout_max_age_seconds),
+        max_age_seconds=settings.rollout_max_age_seconds,
         reason=f"{reason}; rollout {settings.rollout} started in {stages[0]}",
     )
     ro.write_state(settings.models_path, state)
