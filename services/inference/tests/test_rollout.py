@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from gradeflow_inference.app import create_app
@@ -34,7 +35,18 @@ def _start(
 def test_shadow_logs_both_predictions_and_answers_with_the_champion(
     model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any]
 ) -> None:
-    with TestClient(create_app(make_settings(model_dir))) as c:
+    shadow_story(model_dir, fitted, make_settings(model_dir))
+
+
+@pytest.mark.postgres
+def test_shadow_on_postgresql(
+    model_dir: Path, fitted: exports.Fitted, make_settings: Callable[..., Any], postgres_url: str
+) -> None:
+    shadow_story(model_dir, fitted, make_settings(model_dir, prediction_db_url=postgres_url))
+
+
+def shadow_story(model_dir: Path, fitted: exports.Fitted, settings: Any) -> None:
+    with TestClient(create_app(settings)) as c:
         _start(model_dir, fitted, "shadow")
         wait("the candidate", lambda: c.get("/rollout").json()["active"])
         out = c.post("/predict", json={"records": fitted.records[:5]}).json()
