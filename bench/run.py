@@ -177,6 +177,52 @@ def ours(work: Path, log_enabled: bool, extra_env: dict[str, str] | None = None,
     )
 
 
+def shadow_models(work: Path, export: Path) -> Path:
+    """A model folder with a rollout in shadow (every request shadowed): ``export`` is both the champion
+    (``current``) and the candidate, so the cost measured is the shadow's machinery and second prediction."""
+    from gradeflow_shared import manifest as mf
+    from gradeflow_shared import rollout as ro
+
+    md = work / "models-shadow"
+    if (md / ro.ROLLOUT_FILE).is_file():
+        return md
+    md.mkdir(parents=True, exist_ok=True)
+    mf.point_current(md, export, reason="bench")
+    ro.point_candidate(md, export)
+    m = mf.read_manifest(export)
+    state = ro.RolloutState.begin(
+        "bench", m.model_name, (m.version, m.run_id), (m.version, m.run_id), ["shadow"]
+    )
+    ro.write_state(md, state)
+    return md
+
+
+def shadow_report(shadowcost: dict[tuple[int, int], dict[str, Any]]) -> str:
+    """The shadow's cost at batch 1: p99 with shadow <= 1.5x without, throughput >= 0.8x (in turns)."""
+    if not shadowcost:
+        return ""
+    lines = [
+        "## Shadow prediction on vs off (a rollout in shadow, every request shadowed)",
+        "",
+        "'ours-shadow' serves the same model with a rollout in shadow at a 100 % share: every request is "
+        "also queued for the challenger's prediction on the shadow thread. Same in-turns method as above, "
+        "batch 1; the ratios are the medians over rounds of the same round's ratio.",
+        "",
+        "| batch | conc | shadow req/s per round | none req/s per round | throughput ratio | p99 shadow, ms "
+        "| p99 none, ms | p99 ratio | p99 <= 1.5x | throughput >= 0.8x |",
+        "|---:|---:|---|---|---:|---|---|---:|---|---|",
+    ]
+    for (n, c), r in sorted(shadowcost.items()):
+        tput = 1 - r["cost"]
+        lines.append(
+            f"| {n} | {c} | {', '.join(f'{x:.0f}' for x in r['on'])} | {', '.join(f'{x:.0f}' for x in r['off'])} "
+            f"| {tput:.2f}x | {', '.join(f'{x:.2f}' for x in r['p99_on'])} | "
+            f"{', '.join(f'{x:.2f}' for x in r['p99_off'])} | {r['p99_ratio']:.2f}x | "
+            f"{'yes' if r['p99_ratio'] <= 1.5 else 'NO'} | {'yes' if tput >= 0.8 else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def mlflow_serve(work: Path, model_path: Path) -> Server:
     port = free_port()
     cmd = [
@@ -581,7 +627,7 @@ def main() -> None:
     )
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--rows", type=int, default=3000, help="training rows")
-    ap.add_argument("--servers", default="ours,ours-nolog,ours-durable,mlflow,bare")
+    ap.add_argument("--servers", default="ours,ours-nolog,ours-durable,ours-shadow,mlflow,bare")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes (e.g. 100,1000)")
     ap.add_argument("--conc", default=",".join(map(str, CONCURRENCY)), help="concurrency levels (e.g. 1,8)")
     ap.add_argument(
@@ -622,6 +668,10 @@ def main() -> None:
             "ours-nolog": lambda: ours(work, False, extra),
             # acknowledged only after the log row is committed (group commit across requests)
             "ours-durable": lambda: ours(work, True, {**extra, "LOG_DURABLE_ACK": "true"}, "ours-durable"),
+            # a rollout in shadow: the same export as champion and candidate, every request shadowed
+            "ours-shadow": lambda: ours(
+                work, True, {**extra, "MODEL_DIR": str(shadow_models(work, prep["export"]))}, "ours-shadow"
+            ),
             "mlflow": lambda: mlflow_serve(work, mlflow_model()),
             "bare": lambda: bare(work, model_file),
         }
@@ -632,6 +682,7 @@ def main() -> None:
         cold: dict[str, list[tuple[float, float]]] = {}
         logcost: dict[tuple[int, int], dict[str, Any]] = {}
         durcost: dict[tuple[int, int], dict[str, Any]] = {}
+        shadowcost: dict[tuple[int, int], dict[str, Any]] = {}
         try:
             # cold starts one server at a time (nothing else running), `cold_starts` times each (a fresh
             # process and data folder every time; the median is reported), then keep the last one up
@@ -684,15 +735,14 @@ def main() -> None:
                 server idle; cost = 1 - the median over rounds of the same round's ratio."""
                 on: list[float] = []
                 off: list[float] = []
+                p99: dict[str, list[float]] = {with_: [], without: []}
                 for k in range(args.log_rounds):
                     pair = [(with_, on), (without, off)]
                     for name, out in pair if k % 2 == 0 else pair[::-1]:
                         server = servers[name]
-                        out.append(
-                            load(server, prep["bodies"][(server.kind, n)], c, CAPS[n], args.log_duration)[
-                                "rps"
-                            ]
-                        )
+                        got = load(server, prep["bodies"][(server.kind, n)], c, CAPS[n], args.log_duration)
+                        out.append(got["rps"])
+                        p99[name].append(got["p99_ms"])
                 # rounds next to each other in time see the same machine: the median of their ratios
                 cost = 1 - statistics.median(a / b for a, b in zip(on, off, strict=True))
                 print(
@@ -705,6 +755,11 @@ def main() -> None:
                     "on_median": statistics.median(on),
                     "off_median": statistics.median(off),
                     "cost": cost,
+                    "p99_on": p99[with_],
+                    "p99_off": p99[without],
+                    "p99_ratio": statistics.median(
+                        a / b for a, b in zip(p99[with_], p99[without], strict=True)
+                    ),
                 }
 
             # logging on vs off at concurrency 8, in turns (every other server idle)
@@ -715,6 +770,10 @@ def main() -> None:
             if "ours" in servers and "ours-durable" in servers and args.log_rounds > 0:
                 for c in concs:
                     durcost[(1, c)] = in_turns("ours-durable", "ours", 1, c)
+            # a rollout in shadow vs none, batch 1 (p99 and throughput)
+            if "ours" in servers and "ours-shadow" in servers and args.log_rounds > 0:
+                for c in concs:
+                    shadowcost[(1, c)] = in_turns("ours-shadow", "ours", 1, c)
             # batch 1000, conc 1 against the in-process floor, in turns (every other server idle)
             if 1000 in batches and 1 in concs:
                 for name in ("ours", "ours-nolog"):
@@ -738,7 +797,7 @@ def main() -> None:
             by_id_text = by_id.section(res, max(3, args.rounds), args.duration)
         text = report(
             results, cold, floor.results, logcost, durcost, info, args, time.perf_counter() - t_start
-        )
+        ) + shadow_report(shadowcost)
         text += by_id_text
         Path(args.out).write_text(text)
         print()

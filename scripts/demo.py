@@ -1,5 +1,8 @@
 """``make demo``: the closed loop told live in the terminal.
 
+With a rollout mode (``ROLLOUT=shadow+canary make demo`` on a platform it starts) the approved challenger
+is followed through its stages, with the monitor's evidence, until the decision.
+
 With the platform running (it starts it with ``scripts/up.py start`` if not), it sends normal
 traffic, then drifted traffic with feedback, and follows what happens: drift detected (report
 URL) -> retrain job -> version N promoted -> inference reloaded -> MAE on the drifted data before
@@ -193,10 +196,17 @@ def main() -> int:
         return 1
     res = job["result"]
     dec = res["decision"]
-    say(f"4/5 version {res['version']} {'PROMOTED' if dec['promoted'] else 'not promoted'}: {dec['reason']}")
+    mode = tr.get("/rollout").json().get("mode", "direct")
+    verdict = ("APPROVED: rollout " + mode) if mode != "direct" else "PROMOTED"
+    say(f"4/5 version {res['version']} {verdict if dec['promoted'] else 'not promoted'}: {dec['reason']}")
     if not dec["promoted"]:
         return 1
     v2 = int(res["version"])
+    if mode != "direct":
+        ended = follow_rollout(inf, tr, drifted, target, args.timeout)
+        if ended.get("decision") != "promoted":
+            say(f"    the champion stays version {v1}; see {u.monitor}/reports/rollouts")
+            return 1
     served = wait_for(
         f"inference to load version {v2}",
         lambda: (m := inf.get("/model").json()) and int(m["version"]) == v2 and m,
@@ -213,6 +223,45 @@ def main() -> int:
     )
     say(f"    MLflow UI: {u.mlflow}   reports: {u.monitor}/reports")
     return 0
+
+
+def follow_rollout(
+    inf: httpx.Client, tr: httpx.Client, drifted: pd.DataFrame, target: str, timeout: float
+) -> dict[str, Any]:
+    """Tell a rollout (ROLLOUT != direct) as it goes: labelled traffic of the drifted kind keeps coming,
+    and every change of stage and of the monitor's evidence is printed, until the decision."""
+    say("    the challenger runs next to the champion; the monitor decides on live labels (GET /rollout)")
+    seen: tuple[Any, ...] = ()
+    deadline = time.monotonic() + timeout
+    k = 0
+    while time.monotonic() < deadline:
+        r = tr.get("/rollout").json().get("rollout") or {}
+        ev = r.get("evidence") or {}
+        now = (r.get("stage"), ev.get("n"))
+        if now != seen:
+            seen = now
+            if ev.get("n") is not None:
+                say(
+                    f"    {r.get('stage')}: {ev.get('n')} labelled comparisons, MAE champion "
+                    f"{_fmt(ev.get('champion_mae'))} vs challenger {_fmt(ev.get('candidate_mae'))}, "
+                    f"difference interval [{_fmt(ev.get('low'))}, {_fmt(ev.get('high'))}] -> {ev.get('decision')}"
+                )
+            else:
+                say(
+                    f"    stage {r.get('stage')} (champion v{r.get('champion_version')}, challenger v{r.get('candidate_version')})"
+                )
+        if r.get("decision") and r.get("recorded"):
+            say(f"    rollout decision: {r['decision'].upper()} ({r.get('reason')})")
+            return r  # type: ignore[no-any-return]
+        k += 1
+        batch = drifted.sample(n=min(20, len(drifted)), replace=True, random_state=k)
+        send_labelled(inf, batch, target, batch=20)
+        time.sleep(0.25)  # a watchable pace: about 80 labelled requests a second
+    raise TimeoutError("the rollout was not decided in time")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:+.2f}" if isinstance(v, int | float) else "-"
 
 
 def _at(value: Any) -> datetime | None:

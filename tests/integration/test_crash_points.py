@@ -227,3 +227,69 @@ def test_crash_points_with_mlflow_on_postgres(postgres_url: str, tmp_path: Path)
         run_chain(tmp_path / "chain", mlflow_svc.url, cases)  # type: ignore[attr-defined]
     finally:
         mlflow_svc.stop()
+
+
+def _wait_job(chain: Chain, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + BOUND
+    while True:
+        job = chain.call("GET", f"/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed"):
+            return job  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"job {job_id} not done:\n{chain.tail()}"
+        time.sleep(0.5)
+
+
+def _candidate(chain: Chain) -> int | None:
+    from gradeflow_shared import rollout as ro
+
+    link = ro.resolve_candidate(chain.models)
+    return mf.read_manifest(link).version if link is not None else None
+
+
+@pytest.mark.timeout(900)
+def test_rollout_crash_points_are_repaired_on_restart(mlflow_server: ServiceProcess, tmp_path: Path) -> None:
+    """ROLLOUT=shadow: the trainer SIGKILLed before the commit point of a rollout's start (the candidate
+    link written, rollout.json not), after it, and after the commit point of its end; each restart leaves
+    the champion, the candidate slot, rollout.json and the history consistent."""
+    chain = Chain(tmp_path, mlflow_server.url)  # type: ignore[attr-defined]
+    chain.env["ROLLOUT"] = "shadow"
+    try:
+        chain.start("rollout_start:candidate")
+        v1 = _wait_job(chain, chain.call("POST", "/retrain", json={"reason": "v1"}).json()["id"])
+        assert v1["state"] == "succeeded" and chain.alias() is not None  # no champion yet: direct
+        champ = chain.alias()
+
+        # killed after the candidate link, before rollout.json: the restart removes the link
+        chain.call("POST", "/retrain", json={"reason": "v2"})
+        chain.expect_death(lambda: None, "rollout_start:candidate")
+        chain.start("rollout_start:state")
+        ro_view = chain.call("GET", "/rollout").json()
+        assert not ro_view["active"] and _candidate(chain) is None, (ro_view, chain.tail())
+        assert chain.alias() == champ
+        chain.check("rollout_start:candidate", None)
+
+        # killed right after rollout.json (the commit point): the restart keeps the rollout, records its start
+        chain.call("POST", "/retrain", json={"reason": "v3"})
+        chain.expect_death(lambda: None, "rollout_start:state")
+        chain.start("rollout_end:state")
+        ro_view = chain.call("GET", "/rollout").json()
+        assert ro_view["active"], (ro_view, chain.tail())
+        v3 = ro_view["rollout"]["candidate_version"]
+        assert _candidate(chain) == v3 and chain.alias() == champ
+        starts = [e for e in chain.history() if e.action == "rollout_start" and e.version == v3]
+        assert len(starts) == 1, chain.history()
+
+        # killed after the abort's decision was written: the restart withdraws the link and records it
+        chain.expect_death(
+            functools.partial(chain.call, "POST", "/rollout/abort", json={"reason": "crash test abort"}),
+            "rollout_end:state",
+        )
+        chain.start("")
+        ro_view = chain.call("GET", "/rollout").json()
+        assert ro_view["rollout"]["decision"] == "aborted" and ro_view["rollout"]["recorded"], ro_view
+        assert _candidate(chain) is None and chain.alias() == champ
+        last = chain.history()[-1]
+        assert (last.action, last.version, last.reason) == ("rollout_abort", v3, "crash test abort"), last
+        chain.check("rollout_end:state", None)
+    finally:
+        chain.stop()

@@ -299,7 +299,7 @@ def test_writers_starting_together_migrate_one_at_a_time(tmp_path: Path) -> None
         assert store.ready.is_set()
         con = sqlite3.connect(tmp_path / f"m{i}.db")
         try:
-            assert con.execute("select version_num from alembic_version").fetchall() == [("0003",)]
+            assert con.execute("select version_num from alembic_version").fetchall() == [("0004",)]
             assert con.execute("select count(*) from prediction_batches").fetchone() == (0,)
         finally:
             con.close()

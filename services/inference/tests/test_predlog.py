@@ -113,7 +113,7 @@ def test_sqlite_wal_roundtrip(tmp_path: Path) -> None:
     roundtrip(url)
     with sa.create_engine(url).connect() as c:
         assert c.execute(sa.text("pragma journal_mode")).scalar() == "wal"
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0003"
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar() == "0004"
 
 
 @pytest.mark.postgres

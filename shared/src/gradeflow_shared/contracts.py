@@ -131,7 +131,18 @@ class PromotionEvent(BaseModel):
     model_name: str
     version: int
     previous_version: int | None
-    action: Literal["promote", "rollback", "gate"]
+    # rollout_* (progressive delivery, see gradeflow_shared.rollout): only rollout_promote moves the alias
+    action: Literal[
+        "promote",
+        "rollback",
+        "gate",
+        "rollout_start",
+        "rollout_stage",
+        "rollout_promote",
+        "rollout_rollback",
+        "rollout_expire",
+        "rollout_abort",
+    ]
     reason: str
     event_id: str | None = None  # derived from the promotion's intent: a repair never appends it twice
 
@@ -206,6 +217,11 @@ class LoggedPrediction(BaseModel):
     latency_ms: float
     actual: float | None = None
     feedback_at: datetime | None = None
+    # progressive delivery: which model answered (model_version is that model's) and, when the request was
+    # shadowed, the challenger's prediction on the same record (None: not shadowed)
+    arm: Literal["champion", "candidate"] = "champion"
+    shadow_version: int | None = None
+    shadow_prediction: float | None = None
 
 
 # The columns of a logged prediction other than its features (a frame of the log = features + these).

@@ -195,16 +195,22 @@ def read_champion_marker(model_dir: Path) -> ChampionMarker | None:
 
 
 def write_champion_marker(model_dir: Path, marker: ChampionMarker) -> None:
-    """Write ``champion.json`` atomically: a temp file, fsync, ``os.replace``, fsync of the folder."""
+    """Write ``champion.json`` atomically (``write_file_atomic``)."""
+    write_file_atomic(model_dir, CHAMPION_FILE, marker.model_dump_json(indent=2))
+
+
+def write_file_atomic(model_dir: Path, name: str, text: str) -> None:
+    """Write ``model_dir/name`` atomically: a temp file, fsync, ``os.replace``, fsync of the folder (a
+    reader sees the old or the new content, never a mix; a crash leaves one of them)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".{CHAMPION_FILE}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = model_dir / f".{name}-{os.getpid()}-{time.monotonic_ns()}"
     try:
         with open(tmp, "w") as fh:
-            fh.write(marker.model_dump_json(indent=2))
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, model_dir / CHAMPION_FILE)
+        os.replace(tmp, model_dir / name)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -241,9 +247,9 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def resolve_current(model_dir: Path) -> Path | None:
-    """The directory ``current`` points to right now, or None when nothing is exported."""
-    link = Path(model_dir) / CURRENT
+def resolve_current(model_dir: Path, name: str = CURRENT) -> Path | None:
+    """The directory ``current`` (or the link ``name``) points to right now, or None when nothing is exported."""
+    link = Path(model_dir) / name
     try:
         target = os.readlink(link)
     except (FileNotFoundError, OSError):
@@ -388,14 +394,21 @@ def publish(
     return final
 
 
-def point_current(model_dir: Path, export_dir: Path, reason: str = "", version: int | None = None) -> None:
-    """Swap ``current`` to ``export_dir`` atomically (a new symlink renamed over the old one)."""
+def point_link(model_dir: Path, name: str, export_dir: Path) -> str:
+    """Swap the symlink ``model_dir/name`` to ``export_dir`` atomically (a new relative symlink renamed over
+    the old one, then an fsync of the folder); returns the relative target."""
     model_dir = Path(model_dir)
     rel = os.path.relpath(export_dir, model_dir)
-    tmp = model_dir / f".current-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = model_dir / f".{name}-{os.getpid()}-{time.monotonic_ns()}"
     os.symlink(rel, tmp)
-    os.replace(tmp, model_dir / CURRENT)
+    os.replace(tmp, model_dir / name)
     _fsync_dir(model_dir)
+    return rel
+
+
+def point_current(model_dir: Path, export_dir: Path, reason: str = "", version: int | None = None) -> None:
+    """Swap ``current`` to ``export_dir`` atomically (``point_link``) and note it in the history file."""
+    rel = point_link(model_dir, CURRENT, export_dir)
     with open(model_dir / HISTORY, "a") as fh:
         fh.write(
             json.dumps(
@@ -422,12 +435,13 @@ def find_export(model_dir: Path, version: int) -> Path | None:
 
 
 def prune(model_dir: Path, keep: int = 5) -> None:
-    """Keep the newest ``keep`` exports (and the current one); drop stale staging dirs."""
+    """Keep the newest ``keep`` exports (and the ones ``current`` and a rollout's ``candidate`` point to);
+    drop stale staging dirs."""
     model_dir = Path(model_dir)
-    current = resolve_current(model_dir)
+    pinned = {resolve_current(model_dir), resolve_current(model_dir, "candidate")} - {None}
     exports = list_exports(model_dir)
     for p in exports[:-keep] if keep > 0 else []:
-        if current is not None and p.resolve() == current:
+        if p.resolve() in pinned:
             continue
         shutil.rmtree(p, ignore_errors=True)
     for p in model_dir.glob(".staging-*"):

@@ -6,8 +6,10 @@ Used by the end-to-end tests, the offline docs test and ``make fuzz`` (scripts/f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -93,3 +95,20 @@ def stop_stack(procs: list[ServiceProcess]) -> None:
 def print_logs(procs: list[ServiceProcess], lines: int = 150) -> None:
     for p in procs:
         print(f"\n----- {p.name} log ({p.log_path}) -----\n{p.tail(lines)}")  # noqa: T201
+
+
+@contextlib.contextmanager
+def running_stack(
+    data_dir: Path, extra_env: dict[str, str] | None = None, log_lines: int = 80
+) -> Iterator[Urls]:
+    """``local_stack`` for a module fixture: yields the URLs, prints every log when the body fails, and
+    always stops the services."""
+    urls, procs = local_stack(data_dir, extra_env)
+    ok = False
+    try:
+        yield urls
+        ok = True
+    finally:
+        if not ok:
+            print_logs(procs, lines=log_lines)
+        stop_stack(procs)

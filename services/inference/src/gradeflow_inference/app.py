@@ -50,6 +50,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             logger.warning("no model export at %s yet: /ready answers 503 until one appears", cfg.models_path)
         state.manager.start()
         state.materializer.start()
+        state.rollout.shadow.start()
         try:
             yield
         finally:
@@ -57,6 +58,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             state.online.close()
             state.journal.close()
             state.manager.stop()
+            state.rollout.shadow.stop()
             state.executor.shutdown(wait=True)
             state.log.stop()  # flushes every queued row
 

@@ -117,6 +117,13 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSet
         description="auto: per batch size, the path measured faster at load time; onnx or sklearn: always "
         "that path (PREDICT_PATH).",
     )
+    shadow_queue_max: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Requests waiting for the challenger's shadow prediction (SHADOW_QUEUE_MAX); when full, "
+        "a request's shadow is dropped and counted (inference_shadow_dropped_total), never its answer.",
+    )
 
     feature_materialize_interval: float = Field(
         default=300.0,

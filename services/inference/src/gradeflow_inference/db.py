@@ -31,6 +31,20 @@ prediction_batches = sa.Table(
     sa.Column("records", sa.Text, nullable=False),  # JSON: [record, ...] or {"records": [record, ...]}
     sa.Column("predictions", sa.Text, nullable=False),  # JSON array of n numbers
     sa.Column("latency_ms", sa.Float, nullable=False),
+    # progressive delivery (migration 0004): per record '0' champion / '1' candidate answered (NULL: all the
+    # champion), and the candidate's version when any record went to it
+    sa.Column("arms", sa.Text, nullable=True),
+    sa.Column("candidate_version", sa.Integer, nullable=True),
+)
+
+# the challenger's predictions of a shadowed request (written off the request path), by batch key
+shadow_predictions = sa.Table(
+    "shadow_predictions",
+    metadata,
+    sa.Column("batch_key", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("predictions", sa.Text, nullable=False),  # JSON array of n numbers (null: not predicted)
+    sa.Column("ts", sa.DateTime, nullable=False),  # naive UTC
 )
 
 feedback = sa.Table(

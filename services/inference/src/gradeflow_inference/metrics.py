@@ -37,6 +37,7 @@ ROUTES = frozenset(
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CHAMPION = "champion"
+CANDIDATE = "candidate"  # a canary answer by the challenger
 # the ASGI scope key through which the /predict handler tells the middleware which model answered
 SERVED = "gradeflow.served"
 
@@ -254,6 +255,53 @@ class Metrics:
         hist.observe(seconds)
         if err is not None:
             err.inc()
+
+    def watch_rollout(self, slot: Any) -> None:
+        """Export the rollout's counters (``_RolloutCollector``) at scrape time."""
+        self.registry.register(_RolloutCollector(slot))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- progressive delivery (rollout.RolloutSlot)
+class _RolloutCollector:
+    """Shadow predictions (by challenger version), shadows dropped, and records per rollout arm."""
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def collect(self) -> Iterable[Metric]:
+        slot = self._slot
+        view = slot.view
+        shadow = CounterMetricFamily(
+            "inference_shadow_predictions",
+            "Requests predicted by the challenger off the request path (shadow stage)",
+            labels=["model_version"],
+        )
+        if view is not None:
+            shadow.add_metric([str(view.candidate.version)], slot.shadow.done)
+        yield shadow
+        yield CounterMetricFamily(
+            "inference_shadow_dropped",
+            "Shadow predictions dropped because the shadow queue was full (the answer is never affected)",
+            value=slot.shadow.dropped,
+        )
+        arms = CounterMetricFamily(
+            "inference_rollout_records",
+            "Records per rollout arm in the current stage (champion | candidate)",
+            labels=["arm"],
+        )
+        errors = CounterMetricFamily(
+            "inference_rollout_errors",
+            "Records the arm could not predict in the current stage (the champion answered them)",
+            labels=["arm"],
+        )
+        for arm, st in slot.stats.as_dict().items():
+            arms.add_metric([arm], st["records"])
+            errors.add_metric([arm], st["errors"])
+        yield arms
+        yield errors
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
 
 class MetricsMiddleware:

@@ -564,8 +564,10 @@ class ModelManager:
         predict_path: str = "auto",
         max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
         on_reload: Any = None,
+        on_poll: Any = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.on_poll = on_poll  # callable() run after each poll (the rollout's candidate slot)
         self.max_string_length = max_string_length
         self.interval = interval
         self.tolerance = tolerance
@@ -710,6 +712,13 @@ class ModelManager:
 
         While the served model came from the very link ``current`` is (same target, inode and mtime), a
         poll is two stat calls. ``fast``: leave the scikit-learn path for a later poll."""
+        try:
+            self._check_current(fast)
+        finally:
+            if self.on_poll is not None and not fast:  # not in the start-up poll: the candidate waits
+                self.on_poll()
+
+    def _check_current(self, fast: bool) -> None:
         self.check_marker()
         link = self.model_dir / CURRENT
         link_id = link_identity(link)

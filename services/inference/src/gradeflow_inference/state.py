@@ -15,6 +15,7 @@ from .online.materializer import Materializer
 from .online.reader import OnlineFeatures, open_online
 from .predlog.store import LogStore
 from .predlog.writer import LogWriter
+from .rollout import RolloutSlot
 
 
 class ServiceState:
@@ -32,6 +33,16 @@ class ServiceState:
             else None,
         )
         self.metrics = Metrics(self.log_stats, self.feature_stats)
+        # the candidate of a progressive rollout, checked on every poll of the model watcher
+        self.rollout = RolloutSlot(
+            settings.models_path,
+            self.log.store if settings.inference_log_enabled else None,
+            shadow_queue_max=settings.shadow_queue_max,
+            tolerance=settings.verify_tolerance,
+            verify_rows=settings.verify_rows,
+            max_string_length=settings.max_string_length,
+        )
+        self.metrics.watch_rollout(self.rollout)
         self.manager = ModelManager(
             settings.models_path,
             interval=settings.reload_interval,
@@ -40,6 +51,7 @@ class ServiceState:
             predict_path=settings.predict_path,
             max_string_length=settings.max_string_length,
             on_reload=self.metrics.on_reload,
+            on_poll=self.rollout.check,
         )
         self.log_enabled = settings.inference_log_enabled
         self.durable_ack = settings.inference_log_enabled and settings.log_durable_ack

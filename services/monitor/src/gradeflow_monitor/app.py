@@ -21,12 +21,14 @@ from gradeflow_shared.webdocs import install_docs
 
 from .config import MonitorSettings, get_settings
 from .pages import INDEX_CSP, REPORT_CSP, index_page, page_headers
+from .rollout_pages import list_rollouts, read_timeline, rollout_page, rollouts_index
 from .service import Monitor, Trainer, WindowSource
 from .storage import Store
 
 logger = logging.getLogger(__name__)
 
 JOB_ID = "drift-check"
+ROLLOUT_JOB_ID = "rollout-check"
 
 
 def get_monitor(request: Request) -> Monitor:
@@ -57,6 +59,11 @@ NO_REPORT: Responses = {404: _error("No such run, or its report was pruned"), **
 HTML_PAGE = {"content": {"text/html": {"schema": {"type": "string"}}}}
 
 
+def _rollouts_dir(request: Request) -> Path:
+    path: Path = request.app.state.settings.service_dir("monitor") / "rollouts"
+    return path
+
+
 def create_app(
     settings: MonitorSettings | None = None,
     window: WindowSource | None = None,
@@ -85,6 +92,16 @@ def create_app(
                 coalesce=True,
                 misfire_grace_time=None,
             )
+            if monitor.rollout is not None:
+                scheduler.add_job(
+                    monitor.rollout.check,
+                    "interval",
+                    seconds=s.rollout_interval_seconds,
+                    id=ROLLOUT_JOB_ID,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,
+                )
             scheduler.start()
             logger.info("scheduled drift check every %.0fs", s.check_interval_seconds)
         app.state.settings, app.state.store, app.state.monitor, app.state.scheduler = (
@@ -150,6 +167,25 @@ def create_app(
     def reports(monitor: MonitorDep, limit: int = Query(200, ge=1, le=2000)) -> HTMLResponse:
         """The runs, newest first, with links to their reports (HTML, no script)."""
         return HTMLResponse(index_page(monitor.store.list_runs(limit)), headers=page_headers(INDEX_CSP))
+
+    @app.get("/reports/rollouts", response_class=HTMLResponse)
+    def rollouts(request: Request) -> HTMLResponse:
+        """Every rollout the monitor evaluated, newest first (HTML, no script)."""
+        return HTMLResponse(
+            rollouts_index(list_rollouts(_rollouts_dir(request))), headers=page_headers(INDEX_CSP)
+        )
+
+    @app.get(
+        "/reports/rollouts/{rollout_id}", response_class=HTMLResponse, responses={200: HTML_PAGE, **NO_REPORT}
+    )
+    def rollout_report(
+        request: Request, rollout_id: str = PathParam(min_length=1, max_length=64)
+    ) -> HTMLResponse:
+        """Both models' live errors over the rollout's evaluations, with the decision points."""
+        items = read_timeline(_rollouts_dir(request), rollout_id)
+        if items is None:
+            raise NotFound("no such rollout", {"rollout_id": rollout_id[:64]})
+        return HTMLResponse(rollout_page(rollout_id, items), headers=page_headers(INDEX_CSP))
 
     @app.get(
         "/reports/{run_id}.json",

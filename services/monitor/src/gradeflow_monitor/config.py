@@ -108,6 +108,48 @@ class MonitorSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
         description="After the trainer could not be reached, wait this long (doubling per failure, capped by the "
         "cooldown) before trying again (RETRAIN_FAILURE_BACKOFF_SECONDS).",
     )
+    rollout_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="Error rate of the rollout's sequential test (ROLLOUT_ALPHA): a challenger worse by "
+        "ROLLOUT_MARGIN or more is promoted, or one at least as good rolled back, with probability at most "
+        "ROLLOUT_ALPHA / 2 each (see README, progressive delivery).",
+    )
+    rollout_margin: float = Field(
+        default=0.25,
+        ge=0,
+        description="Loss of accuracy tolerated for a promotion, in target units of MAE (ROLLOUT_MARGIN).",
+    )
+    rollout_min_pairs: int = Field(
+        default=30,
+        ge=2,
+        description="Labelled comparisons needed before the rollout's test may decide (ROLLOUT_MIN_PAIRS).",
+    )
+    rollout_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between two evaluations of a rollout in progress (ROLLOUT_INTERVAL_SECONDS).",
+    )
+    rollout_max_error_rate_increase: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Abort the rollout when the challenger's error rate (records it could not predict) exceeds "
+        "the champion's by more than this (ROLLOUT_MAX_ERROR_RATE_INCREASE), after ROLLOUT_MIN_REQUESTS records.",
+    )
+    rollout_p99_ratio: float = Field(
+        default=3.0,
+        gt=1,
+        description="Abort the rollout when the challenger's p99 prediction latency exceeds this many times the "
+        "champion's and by ROLLOUT_P99_MIN_MS at least (ROLLOUT_P99_RATIO).",
+    )
+    rollout_p99_min_ms: float = Field(
+        default=20.0, ge=0, description="See ROLLOUT_P99_RATIO: the absolute part of the p99 rule (ms)."
+    )
+    rollout_min_requests: int = Field(
+        default=200, ge=1, description="Records per arm before the error-rate and p99 rules apply."
+    )
 
     def db_url(self) -> str:
         return self.monitor_db_url or f"sqlite:///{self.service_dir('monitor') / 'monitor.db'}"

@@ -27,6 +27,7 @@ SKIP_COOLDOWN = "cooldown"
 SKIP_LABELLED = "few_new_labelled_rows"
 SKIP_BACKOFF = "trainer_backoff"
 SKIP_SUPERSEDED = "superseded"
+SKIP_ROLLOUT = "rollout_in_progress"  # a challenger is under rollout: its decision comes first
 
 ACTIVE_JOB_STATES = ("queued", "running")
 

@@ -173,6 +173,7 @@ def index_page(runs_newest_first: list[Run]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'><title>GradeFlow monitor reports</title>"
         f"<style>{INDEX_STYLE}</style></head><body>"
         "<h1>GradeFlow monitor: drift and performance checks</h1>"
+        "<p><a href='reports/rollouts'>Rollouts: challengers judged on live labels</a></p>"
         f"{graph}"
         f"<table>{head}{''.join(rows)}</table></body></html>"
     )

@@ -28,6 +28,7 @@ from .config import MonitorSettings
 from .drift import DriftPolicy, DriftResult, evaluate_drift
 from .metrics import MonitorMetrics
 from .performance import PerformanceResult, baseline_of, evaluate_performance
+from .rollout import RolloutJudge
 from .sources import InferenceWindow, ServingModel, load_serving_model
 from .storage import ColumnResult, Run, Store, _aware
 
@@ -139,6 +140,8 @@ class Monitor:
         self.metrics = metrics or MonitorMetrics()
         self.clock = clock or (lambda: datetime.now(UTC))
         self._clients: list[ServiceClient] = []
+        self.rollout: RolloutJudge | None = None
+        inference_client: ServiceClient | None = None
         if window is None:
             c = ServiceClient(
                 settings.inference_url,
@@ -148,6 +151,7 @@ class Monitor:
             )
             self._clients.append(c)
             window = InferenceWindow(c, settings.window_size, settings.page_size)
+            inference_client = c
         if trainer is None:
             # the token goes to the trainer: a placeholder or short one is refused before any check
             require_secret("ADMIN_TOKEN", settings.admin_token)
@@ -159,6 +163,8 @@ class Monitor:
             )
             self._clients.append(c)
             trainer = HttpTrainer(c)
+            if inference_client is not None:  # both services over HTTP: the rollout can be judged
+                self.rollout = RolloutJudge(settings, c, inference_client)
         self.window = window
         self.trainer = trainer
         self.policy = policy_from_settings(settings)
@@ -365,9 +371,14 @@ class Monitor:
             logger.warning("cannot poll retrain job %s: %s", state.last_job_id, exc.message)
             return "unknown", None
         promoted = job.result.version if job.result is not None and job.result.decision.promoted else None
+        if promoted is not None and self.rollout is not None and self.rollout.withdrawn(promoted):
+            promoted = None  # the gate approved it, but its rollout ended without a promotion
         return job.state, promoted
 
     def _trigger(self, run: Run, decision: guards.Decision) -> guards.Decision:
+        busy = self.rollout.in_progress() if self.rollout is not None else None
+        if busy:  # a retrain now would supersede the challenger being judged on live labels
+            return guards.Decision(guards.SKIPPED, f"{decision.reason}; {busy}", guards.SKIP_ROLLOUT)
         req = RetrainRequest(
             reason=f"monitor run {run.id}: {decision.reason}"[:2000], monitor_run_id=str(run.id)
         )

@@ -30,6 +30,7 @@ _SKIP_LABELS = {
     guards.SKIP_BACKOFF: "trainer unreachable: backing off",
     guards.SKIP_AUTO_OFF: "alert only (AUTO_RETRAIN off)",
     guards.SKIP_SUPERSEDED: "new model promoted: judged on its own traffic next",
+    guards.SKIP_ROLLOUT: "challenger under rollout: its decision comes first",
 }
 SETTLED = "settled"  # action code of a drift the serving model was already validated on
 

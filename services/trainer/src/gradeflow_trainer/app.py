@@ -20,7 +20,7 @@ from gradeflow_shared.webdocs import install_docs
 
 from . import mlflow_io as mio
 from . import promotion as pr
-from . import routes, service
+from . import rollout, routes, service
 from .config import TrainerSettings, get_settings
 from .jobs import JobRunner, TrainFn
 from .metrics import TrainerMetrics
@@ -72,6 +72,7 @@ def _watch(settings: TrainerSettings, runner: JobRunner, stop: threading.Event, 
     while interval > 0 and not stop.wait(interval):
         try:
             done = pr.watch(settings, registry, busy=lambda: runner.active() is not None)
+            rollout.check_expiry(settings, registry)
         except GradeflowError as exc:  # MLflow away: /retrain refuses meanwhile; look again next time
             logger.debug("registry check skipped: %s", exc.message)
             continue

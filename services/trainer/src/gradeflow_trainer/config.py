@@ -190,11 +190,40 @@ class TrainerSettings(BaseServiceSettings, AdminTokenSettings, InferenceUrlSetti
             return 1
         return max(1, min(10, round(base_rows / production_rows)))
 
+    rollout: Literal["direct", "shadow", "canary", "shadow+canary"] = Field(
+        default="direct",
+        description="How a challenger the gate approves reaches traffic (ROLLOUT): 'direct' makes it the "
+        "champion at once; 'shadow', 'canary' or 'shadow+canary' first publish it as MODEL_DIR/candidate next "
+        "to the champion and let the monitor decide on live labels (promote, roll back) stage by stage.",
+    )
+    rollout_shadow_share: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of requests the challenger also predicts, off the request path, in the shadow "
+        "stage (ROLLOUT_SHADOW_SHARE).",
+    )
+    rollout_canary_share: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Share of keys (student_id, else the X-Rollout-Key header, else the request id) the "
+        "challenger answers in the canary stage (ROLLOUT_CANARY_SHARE); sticky per key.",
+    )
+    rollout_max_age_seconds: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="A rollout not decided after this many seconds (too few labels) expires: the champion "
+        "stays, the challenger is withdrawn, the decision is recorded (ROLLOUT_MAX_AGE_SECONDS; checked every "
+        "RECONCILE_INTERVAL seconds).",
+    )
     trainer_fault_point: str = Field(
         default="",
         description="Crash-test hook, off when empty (TRAINER_FAULT_POINT): '<op>:<step>' (op train, promote "
         "or rollback; step intent, decided (train only), staged, alias, event, current or marker) makes the trainer "
-        "SIGKILL itself right after that step of a champion change. Never set it in production.",
+        "SIGKILL itself right after that step of a champion change; 'rollout_start:<step>' (decided, staged, "
+        "candidate, state, event) and 'rollout_end:<step>' (state, candidate) the same for a rollout. Never "
+        "set it in production.",
     )
     mlflow_wait: float = Field(
         default=120.0, gt=0, description="Seconds to wait for the MLflow server at start-up (MLFLOW_WAIT)."

@@ -71,6 +71,8 @@ def champion_stack(events: list[PromotionEvent]) -> list[int]:
     """The champions in order, after undoing rollbacks (top = current champion)."""
     stack: list[int] = []
     for ev in events:
+        if ev.action.startswith("rollout_") and ev.action != "rollout_promote":
+            continue  # a rollout's start, stages and refusals leave the champion where it was
         if ev.action == "rollback" and stack:
             stack.pop()
         if not stack or stack[-1] != ev.version:

@@ -87,7 +87,7 @@ class Intent(BaseModel):
     """What an unfinished champion change was doing (``MODEL_DIR/.promotion-intent.json``)."""
 
     op: Op
-    action: Literal["promote", "rollback", "gate"]
+    action: Literal["promote", "rollback", "gate", "rollout_promote"]
     model_name: str
     from_version: int | None
     to_version: int
@@ -433,7 +433,9 @@ def settle_job(registry: Registry, job: Job) -> tuple[TrainResult | None, str | 
     decision = _decision(v)
     if decision is None or v.tags.get("gate.promoted") == "unknown":
         return None, f"{died}; v{v.version} registered, no gate decision"
-    promoted = any(e.version == v.version and e.action == "gate" for e in registry.promotion_events())
+    promoted = any(
+        e.version == v.version and e.action in ("gate", "rollout_start") for e in registry.promotion_events()
+    )
     if decision.promoted and not promoted:
         return (
             None,
@@ -458,7 +460,10 @@ def startup_repair(
     alive_job: str | None = None,
 ) -> list[str]:
     """Everything the trainer repairs at start: the champion (``reconcile``), gate tags, job states, runs."""
+    from . import rollout  # rollout imports this module
+
     done = reconcile(settings, registry)
+    done += rollout.reconcile(settings, registry)
     repair_decision_tags(registry)
     if settle is not None:
         settle(lambda job: settle_job(registry, job))

@@ -8,7 +8,8 @@ is bounded by its model, so a hostile value is a 422, never a 5xx.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -17,10 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from gradeflow_shared.contracts import Job, PromoteRequest, PromotionEvent, RetrainRequest, RollbackRequest
-from gradeflow_shared.errors import ErrorBody, NotFound, Unauthorized
+from gradeflow_shared.errors import ErrorBody, InvalidInput, NotFound, Unauthorized
 from gradeflow_shared.settings import bearer_matches
 
-from . import service
+from . import rollout, service
 from .config import TrainerSettings
 from .jobs import JobRunner
 from .registry import Registry
@@ -242,3 +243,105 @@ def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ------------------------------------------------------------------ progressive delivery
+class RolloutView(BaseModel):
+    mode: str = Field(description="ROLLOUT: direct, shadow, canary or shadow+canary.")
+    active: bool = Field(description="A rollout is in progress (the candidate serves next to the champion).")
+    rollout: dict[str, Any] | None = Field(
+        description="The last rollout: stage, versions, shares, the monitor's evidence so far, the decision."
+    )
+
+
+class RolloutReason(BaseModel):
+    reason: str = Field(default="manual", min_length=1, max_length=500, description="Why (recorded).")
+
+
+class RolloutStage(BaseModel):
+    stage: Literal["shadow", "canary"] = Field(description="The stage to move the rollout to.")
+    reason: str = Field(default="manual stage change", min_length=1, max_length=500)
+
+
+class RolloutEvidence(BaseModel):
+    rollout_id: str = Field(min_length=1, max_length=64, description="The rollout the evidence is about.")
+    evidence: dict[str, Any] = Field(description="The monitor's evaluation (kept in GET /rollout).")
+
+
+class RolloutEnd(RolloutReason):
+    decision: Literal["rolled_back", "aborted"] = Field(
+        default="aborted",
+        description="rolled_back: the sequential test found the challenger worse; aborted: any other reason.",
+    )
+
+
+@router.get(
+    "/rollout",
+    summary="The rollout in progress (or the last one)",
+    description="Stage, champion and candidate versions, shares, the monitor's evidence so far and the decision.",
+    response_model=RolloutView,
+)
+def rollout_view(settings: Settings) -> dict[str, Any]:
+    return rollout.describe(settings)
+
+
+@router.post(
+    "/rollout/promote",
+    summary="Promote the candidate now (admin)",
+    description="The champion alias moves to the candidate, its export becomes current, the slot clears.",
+    response_model=RolloutView,
+    dependencies=Admin,
+    responses=errors(401, 409, 422, 500, 502),
+)
+async def rollout_promote(
+    settings: Settings, registry: RegistryDep, body: RolloutReason | None = None
+) -> dict[str, Any]:
+    reason = body.reason if body else "manual promotion of the candidate"
+    await run_in_threadpool(rollout.promote, settings, registry, reason)
+    return rollout.describe(settings)
+
+
+@router.post(
+    "/rollout/abort",
+    summary="End the rollout, keep the champion (admin)",
+    description="The candidate leaves the volume; the reason goes to the history and the candidate's MLflow "
+    "tags. `decision` rolled_back is what the monitor sends when its sequential test finds the challenger worse.",
+    response_model=RolloutView,
+    dependencies=Admin,
+    responses=errors(401, 409, 422, 502),
+)
+async def rollout_abort(
+    settings: Settings, registry: RegistryDep, body: RolloutEnd | None = None
+) -> dict[str, Any]:
+    b = body or RolloutEnd(reason="manual abort")
+    await run_in_threadpool(rollout.end, settings, registry, b.decision, b.reason)
+    return rollout.describe(settings)
+
+
+@router.post(
+    "/rollout/stage",
+    summary="Move the rollout to another stage (admin)",
+    description="shadow or canary; the evidence starts again for the new stage.",
+    response_model=RolloutView,
+    dependencies=Admin,
+    responses=errors(401, 409, 422, 502),
+)
+async def rollout_stage(body: RolloutStage, settings: Settings, registry: RegistryDep) -> dict[str, Any]:
+    await run_in_threadpool(rollout.set_stage, settings, registry, body.stage, body.reason)
+    return rollout.describe(settings)
+
+
+@router.post(
+    "/rollout/evidence",
+    summary="Record the monitor's evaluation of the rollout (admin)",
+    description="The monitor posts its latest evaluation (sequential test, both models' errors, per-arm "
+    "stats); GET /rollout shows it as the evidence so far. At most 20000 characters of JSON.",
+    response_model=RolloutView,
+    dependencies=Admin,
+    responses=errors(401, 409, 422),
+)
+def rollout_evidence(body: RolloutEvidence, settings: Settings) -> dict[str, Any]:
+    if len(json.dumps(body.evidence, default=str)) > 20_000:
+        raise InvalidInput("evidence: at most 20000 characters of JSON", details=[{"field": "evidence"}])
+    rollout.record_evidence(settings, body.rollout_id, body.evidence)
+    return rollout.describe(settings)

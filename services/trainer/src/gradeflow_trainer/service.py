@@ -48,7 +48,7 @@ from gradeflow_shared.datasets import ColumnSpec, DatasetSpec, fingerprint, load
 from gradeflow_shared.errors import Conflict, ExportError, GradeflowError, UpstreamError
 from gradeflow_shared.http import ServiceClient
 
-from . import gate
+from . import gate, rollout
 from . import history as hist
 from . import mix as mixing
 from . import promotion as pr
@@ -845,16 +845,23 @@ def decide_and_publish(
                     recent_reference=recent_ref,
                 )
 
+            def decide() -> None:
+                registry.set_version_tags(version, _decision_tags(decision, data, request))
+
             try:
-                _, export_dir = pr.publish(
-                    settings,
-                    registry,
-                    intent,
-                    stage,
-                    decide=lambda: registry.set_version_tags(
-                        version, _decision_tags(decision, data, request)
-                    ),
-                )
+                if settings.rollout != "direct" and decision.champion_version is not None:
+                    # progressive delivery: the challenger goes next to the champion, the monitor decides
+                    _, export_dir = rollout.start(
+                        settings,
+                        registry,
+                        version=version,
+                        run_id=registered.run_id,
+                        reason=decision.reason,
+                        stage_export=stage,
+                        decide=decide,
+                    )
+                else:
+                    _, export_dir = pr.publish(settings, registry, intent, stage, decide=decide)
             except ExportError as exc:
                 decision = decision.model_copy(
                     update={

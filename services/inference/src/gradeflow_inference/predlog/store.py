@@ -38,6 +38,17 @@ class LogBatch(NamedTuple):
     predictions: Sequence[float]  # n values
     latency_ms: float
     n: int
+    arms: str | None = None  # rollout canary: per record '0' champion / '1' candidate (None: all champion)
+    candidate_version: int | None = None
+
+
+class ShadowRow(NamedTuple):
+    """The challenger's predictions of one shadowed request (``shadow_predictions``)."""
+
+    batch_key: str
+    ts: float
+    model_version: int
+    predictions: Sequence[float | None]
 
 
 ErrorObserver = Callable[[int, list[float]], None]  # (model version, |prediction - label| of each label)
@@ -75,14 +86,14 @@ def _sqlite_ts(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-_SQLITE_CHUNK = 100  # rows per statement (8 parameters each; SQLite allows 32766)
+_SQLITE_CHUNK = 100  # rows per statement (10 parameters each; SQLite allows 32766)
 
 
 @functools.lru_cache(maxsize=8)
 def _sqlite_insert(rows: int) -> str:
     return (
         "INSERT INTO prediction_batches (batch_key, first_index, n, ts, model_version, records, predictions, "
-        "latency_ms) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+        "latency_ms, arms, candidate_version) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * rows)
     )
 
 
@@ -109,8 +120,40 @@ def _insert_sqlite(cur: sqlite3.Cursor, batch: list[LogBatch]) -> None:
                 _records_json(b),
                 _predictions_json(b),
                 b.latency_ms,
+                b.arms,
+                b.candidate_version,
             )
-        cur.execute(_sqlite_insert(len(flat) // 8), flat)
+        cur.execute(_sqlite_insert(len(flat) // 10), flat)
+
+
+def _shadows(conn: sa.Connection, keys: list[str]) -> dict[str, tuple[int, list[float | None]]]:
+    """The shadow predictions of these batches: batch key -> (challenger version, predictions)."""
+    import sqlalchemy as sa
+
+    from ..db import shadow_predictions as sp
+
+    out: dict[str, tuple[int, list[float | None]]] = {}
+    for i in range(0, len(keys), 500):
+        for r in conn.execute(
+            sa.select(sp.c.batch_key, sp.c.model_version, sp.c.predictions).where(
+                sp.c.batch_key.in_(keys[i : i + 500])
+            )
+        ):
+            out[r.batch_key] = (r.model_version, orjson.loads(r.predictions))
+    return out
+
+
+def _rollout_fields(r: Any, pos: int, shadows: dict[str, tuple[int, list[float | None]]]) -> dict[str, Any]:
+    """The answering model (arm, version) and the shadow prediction of the record at ``pos`` of row ``r``."""
+    cand = r.arms is not None and pos < len(r.arms) and r.arms[pos] == "1"
+    out: dict[str, Any] = {
+        "model_version": r.candidate_version if cand and r.candidate_version is not None else r.model_version,
+        "arm": "candidate" if cand else "champion",
+    }
+    shadow = shadows.get(r.batch_key)
+    if shadow is not None and pos < len(shadow[1]) and shadow[1][pos] is not None:
+        out["shadow_version"], out["shadow_prediction"] = shadow[0], shadow[1][pos]
+    return out
 
 
 class LogStore:
@@ -193,6 +236,8 @@ class LogStore:
                 "records": _records_json(b),
                 "predictions": _predictions_json(b),
                 "latency_ms": b.latency_ms,
+                "arms": b.arms,
+                "candidate_version": b.candidate_version,
             }
             for b in batch
         ]
@@ -245,6 +290,33 @@ class LogStore:
         with self.require().connect() as conn:
             conn.execute(sa.text("PRAGMA wal_checkpoint(PASSIVE)"))
 
+    def write_shadow(self, rows: Sequence[ShadowRow]) -> None:
+        """Insert shadow predictions (a request shadowed twice keeps its first row)."""
+        import sqlalchemy as sa
+
+        from ..db import shadow_predictions
+
+        engine = self.require()
+        values = [
+            {
+                "batch_key": r.batch_key,
+                "model_version": r.model_version,
+                "predictions": orjson.dumps(list(r.predictions), option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                "ts": _naive_utc(r.ts),
+            }
+            for r in rows
+        ]
+        try:
+            with engine.begin() as conn:
+                conn.execute(shadow_predictions.insert(), values)
+        except sa.exc.IntegrityError:
+            for v in values:
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(shadow_predictions.insert(), [v])
+                except sa.exc.IntegrityError:
+                    continue
+
     def page(
         self, since_id: int | None, since: datetime | None, limit: int, labelled: bool | None
     ) -> PredictionPage:
@@ -293,6 +365,7 @@ class LogStore:
                     ).where(feedback.c.batch_key.in_(keys[i : i + 500]))
                 ):
                     fb[(f.batch_key, f.idx)] = (f.actual, f.feedback_at)
+            shadows = _shadows(conn, keys)
             for r in rows:
                 start = first_pos + 1 if r.id == first_pk else 0
                 if start >= r.n:
@@ -310,12 +383,12 @@ class LogStore:
                             id=r.id * ID_STRIDE + pos,
                             request_id=record_request_id(r.batch_key, r.first_index, pos),
                             ts=ts,
-                            model_version=r.model_version,
                             features=records[pos],
                             prediction=preds[pos],
                             latency_ms=r.latency_ms,
                             actual=label[0] if label else None,
                             feedback_at=label[1].replace(tzinfo=UTC) if label else None,
+                            **_rollout_fields(r, pos, shadows),
                         )
                     )
                     if len(items) == limit:
@@ -346,6 +419,8 @@ class LogStore:
                 pb.c.ts,
                 pb.c.model_version,
                 pb.c.latency_ms,
+                pb.c.arms,
+                pb.c.candidate_version,
                 feedback.c.actual,
                 feedback.c.feedback_at,
             )
@@ -378,6 +453,7 @@ class LogStore:
                 )
             }
             parsed = {k: (_records_of(v[0]), orjson.loads(v[1])) for k, v in blobs.items()}
+            shadows = _shadows(conn, list({h.batch_key for h in hits if h.id in parsed}))
             for h in hits:
                 if h.id not in parsed:
                     continue
@@ -387,12 +463,12 @@ class LogStore:
                         id=h.rid,
                         request_id=record_request_id(h.batch_key, h.first_index, h.pos),
                         ts=h.ts.replace(tzinfo=UTC),
-                        model_version=h.model_version,
                         features=records[h.pos],
                         prediction=preds[h.pos],
                         latency_ms=h.latency_ms,
                         actual=h.actual,
                         feedback_at=h.feedback_at.replace(tzinfo=UTC),
+                        **_rollout_fields(h, h.pos, shadows),
                     )
                 )
         items.sort(key=lambda x: x.id)

@@ -112,3 +112,14 @@ def metrics(state: StateDep) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/rollout",
+    summary="The rollout this instance serves: stage, versions, per-arm records, errors and latency",
+    description="Per arm (champion, candidate) in the current stage: records, errors (records the candidate "
+    "could not predict; the champion answered them), p50/p99 prediction latency over the last 2000 calls; "
+    "the shadow queue's depth, predictions, drops. The monitor's abort rule reads it.",
+)
+def get_rollout(state: StateDep) -> dict[str, Any]:
+    return state.rollout.status()

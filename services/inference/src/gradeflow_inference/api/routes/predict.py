@@ -11,13 +11,14 @@ from fastapi.responses import Response
 
 from gradeflow_shared.contracts import PredictResponse
 
-from ...metrics import CHAMPION, SERVED
+from ...metrics import CANDIDATE, CHAMPION, SERVED
 from ...model import LoadedModel
 from ...online.reader import OnlineFeatures
 from ...online.resolve import resolve
 from ...openapi import error_responses
 from ...predlog.ids import new_batch_key
 from ...predlog.store import LogBatch
+from ...rollout import KEY_HEADER
 from ...schema import Batch, parse_body
 from ...state import ServiceState
 from ..encode import predict_response
@@ -65,6 +66,7 @@ async def predict(request: Request) -> Response:
     request.scope[SERVED] = (version, CHAMPION)  # the middleware counts this request under this version
     body = await request.body()
     records, batch = parse_body(body, model.validator.names, state.max_records)
+    sent = records
     if len(records) <= INLINE_MAX_RECORDS:
         records, b, preds = run_predict(model, records, batch, state.online)
     else:
@@ -73,22 +75,48 @@ async def predict(request: Request) -> Response:
             state.executor, run_predict, model, records, batch, state.online
         )
     key = new_batch_key()
+    arms: str | None = None
+    cand_version: int | None = None
+    view = state.rollout.view  # one read: a rollout in force (candidate next to the champion), or None
+    if view is not None:
+        champion_ms = (time.perf_counter() - t0) * 1000.0
+        preds, arms, cand_version = state.rollout.route(
+            view, records, preds, key, request.headers.get(KEY_HEADER), champion_ms, sent
+        )
     latency_ms = (time.perf_counter() - t0) * 1000.0
     if state.log_enabled:
         # one log entry per request: the validated records (re-encoded by the writer thread, so nothing
         # the validator did not see is stored; by-id records with the stored values used) and the predictions
-        entry = LogBatch(key, time.time(), version, records, preds, latency_ms, b.n)
+        entry = LogBatch(key, time.time(), version, records, preds, latency_ms, b.n, arms, cand_version)
         if state.durable_ack:
             await state.log.acked(entry)  # answer only once the row is committed (LOG_DURABLE_ACK)
         else:
             state.log.submit(entry)
     m = state.metrics
-    m.predicted(version).inc(b.n)
+    if arms is None:
+        m.predicted(version).inc(b.n)
+    else:  # canary: count each model's records under its own version and arm
+        on_candidate = arms.count("1")
+        if on_candidate and cand_version is not None:
+            m.predicted(cand_version, CANDIDATE).inc(on_candidate)
+            if on_candidate == b.n:
+                request.scope[SERVED] = (cand_version, CANDIDATE)
+        if b.n - on_candidate:
+            m.predicted(version).inc(b.n - on_candidate)
     if b.unseen:
         for feat, cnt in b.unseen.items():
             m.unseen.labels(feat).inc(cnt)
     # request ids = batch key + index (predlog.ids.request_ids), encoded without a loop per record
-    return Response(predict_response(version, key, preds), media_type="application/json")
+    if arms is None:
+        return Response(predict_response(version, key, preds), media_type="application/json")
+    # canary: the candidate answered some records (all of them: its version; else the champion's, mixed)
+    answered_by = "candidate" if "0" not in arms else "mixed"
+    shown = cand_version if answered_by == "candidate" and cand_version is not None else version
+    return Response(
+        predict_response(shown, key, preds),
+        media_type="application/json",
+        headers={"X-Rollout-Arm": answered_by},
+    )
 
 
 def install(app: FastAPI) -> None:
