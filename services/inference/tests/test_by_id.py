@@ -300,3 +300,21 @@ def test_lag_gauge_counts_waiting_readings_until_pushed(seeded: SeededStore, tmp
     assert row is not None and row.values["absences"] == 9
     mat.stop()
     journal.close()
+
+
+def test_a_canary_keeps_each_student_on_one_model_when_predicting_by_id(
+    client: TestClient, seeded: SeededStore, model_dir: Path, fitted: exports.Fitted
+) -> None:
+    """The canary's sticky key is the student_id the client sent, also when the store filled the record in."""
+    from gradeflow_shared import rollout as ro
+
+    from .test_rollout import _start
+
+    _start(model_dir, fitted, "canary", canary=0.5)
+    _wait(lambda: (client.get("/rollout").json()["rollout"] or {}).get("stage") == "canary", 20)
+    ids = seeded.ids[:30]
+    for _ in range(2):  # twice: the same student lands on the same model
+        for sid in ids:
+            v = client.post("/predict", json={"student_id": sid}).json()["model_version"]
+            assert (v == 2) == ro.to_candidate(f"s:{sid}", 0.5), (sid, v)
+    assert {ro.to_candidate(f"s:{sid}", 0.5) for sid in ids} == {True, False}  # both arms were exercised
