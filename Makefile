@@ -70,7 +70,7 @@ format: install ## Format the code with ruff
 uci-benchmark: install ## Our default pipeline vs a 300-tree random forest and naive on the UCI files
 	$(PY) scripts/uci_benchmark.py
 
-loop-benchmark: install ## Retrain on natural shifts of the UCI files (school, address) vs the old model and RF-300s -> results/loop_benchmark.md (LOOP_BENCHMARK_ARGS=--search)
+loop-benchmark: install ## Retrain on natural shifts of the UCI files (and the Kaggle ones with LOOP_BENCHMARK_ARGS="--data-root DIR") vs the old model and RF-300s -> results/loop_benchmark.md
 	$(PY) scripts/loop_benchmark.py $(LOOP_BENCHMARK_ARGS)
 
 compose-up: ## Build and start the platform as containers; returns once a model is served (needs ADMIN_TOKEN in .env)
