@@ -21,3 +21,8 @@ def value(text: str, name: str, **labels: str) -> float | None:
     found = [v for lab, v in samples(text, name) if all(lab.get(k) == want for k, want in labels.items())]
     assert len(found) <= 1, f"{len(found)} samples of {name} match {labels}"
     return found[0] if found else None
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` whose labels include ``labels`` (0 when there is none)."""
+    return sum(v for lab, v in samples(text, name) if all(lab.get(k) == want for k, want in labels.items()))
