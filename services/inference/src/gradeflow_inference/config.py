@@ -90,8 +90,10 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSet
     )
     log_durable_ack: bool = Field(
         default=False,
-        description="Answer a prediction only once its log row is committed (LOG_DURABLE_ACK): a kill of the "
-        "process then loses no answered prediction; concurrent requests share one commit (group commit). "
+        description="Answer a prediction only once its log row is on the data volume (LOG_DURABLE_ACK): in an "
+        "append-only journal, one write per event-loop turn shared by the requests of that turn; the writer "
+        "thread moves the rows into the database and a restart replays the journal of a killed process, so a "
+        "kill loses no answered prediction (a machine crash may: no fsync). "
         "Off: answered once queued; a hard kill loses the rows of the last LOG_FLUSH_INTERVAL, counted on the "
         "next start (inference_log_lost_on_crash_total).",
     )

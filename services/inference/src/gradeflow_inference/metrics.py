@@ -71,6 +71,12 @@ class _LogCollector:
             "from the crash ledger; an upper bound)",
             value=s.get("lost_on_crash", 0),
         )
+        yield CounterMetricFamily(
+            "inference_log_replayed_on_start",
+            "Prediction log rows a killed process had acknowledged with LOG_DURABLE_ACK, replayed from its "
+            "journal at start",
+            value=s.get("replayed_on_start", 0),
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []

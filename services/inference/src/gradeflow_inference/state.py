@@ -27,6 +27,7 @@ class ServiceState:
             queue_max=settings.log_queue_max,
             flush_interval=settings.log_flush_interval,
             shutdown_timeout=settings.log_shutdown_timeout,
+            durable_ack=settings.inference_log_enabled and settings.log_durable_ack,
             # the crash ledger counts the rows a killed process lost (predlog.ledger); none while logging is off
             ledger_dir=settings.service_dir("inference") / "log-ledger"
             if settings.inference_log_enabled

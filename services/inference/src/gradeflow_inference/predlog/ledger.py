@@ -52,11 +52,12 @@ class CrashLedger:
         self.reserved = 0
         self._fd: int | None = None
 
-    def open(self) -> int:
+    def open(self, journalled: set[str] | None = None) -> int:
         """Count and remove the ledgers of dead processes, then create and lock this process's own.
-        Returns the records lost by those processes."""
+        Returns the records lost by those processes (``journalled``: names of dead processes that ran
+        with durable acknowledgement: their journal holds every row they answered, none is lost)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        lost = claim_dead(self.directory)
+        lost = claim_dead(self.directory, journalled or set())
         tmp = self.directory / f".tmp-{os.getpid()}-{time.time_ns()}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,8 +98,10 @@ def read_counters(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def claim_dead(directory: Path) -> int:
-    """Sum ``reserved - done`` over the ledgers of dead processes (lock free) and remove them."""
+def claim_dead(directory: Path, journalled: set[str] | None = None) -> int:
+    """Sum ``reserved - done`` over the ledgers of dead processes (lock free) and remove them; a process
+    in ``journalled`` (ledger name without the suffix) lost nothing: its journal is replayed."""
+    journalled = journalled or set()
     lost = 0
     for path in sorted(directory.glob(f"*{SUFFIX}")):
         try:
@@ -116,7 +119,7 @@ def claim_dead(directory: Path) -> int:
             except FileNotFoundError:
                 continue  # another process claimed and removed it before we got the lock
             reserved, done = read_counters(path)
-            n = max(0, reserved - done)
+            n = 0 if path.name[: -len(SUFFIX)] in journalled else max(0, reserved - done)
             if n:
                 logger.error(
                     "prediction log: up to %d records acknowledged by a process that died (%s) were never "

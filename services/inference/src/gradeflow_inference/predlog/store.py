@@ -40,6 +40,7 @@ class LogBatch(NamedTuple):
     n: int
     arms: str | None = None  # rollout canary: per record '0' champion / '1' candidate (None: all champion)
     candidate_version: int | None = None
+    replay: bool = False  # from a dead process's journal (predlog.journal): the database may have it already
 
 
 class ShadowRow(NamedTuple):
@@ -76,6 +77,23 @@ class AlreadyLabelled(Conflict):
 def _records_of(blob: str | bytes) -> list[Any]:
     data = orjson.loads(blob)
     return data["records"] if isinstance(data, dict) else data  # type: ignore[no-any-return]
+
+
+def _blobs(
+    records: str | bytes, predictions: str | bytes, n: int, batch_key: str
+) -> tuple[list[Any], list[Any]]:
+    """The records and predictions of a stored batch; a damaged one (unparsable, or fewer than ``n`` of
+    either) gives empty lists and a warning: its records are left out of a read, never a 500."""
+    try:
+        recs, preds = _records_of(records), orjson.loads(predictions)
+        if isinstance(recs, list) and isinstance(preds, list) and len(recs) >= n and len(preds) >= n:
+            return recs, preds
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        pass
+    logger.warning(
+        "prediction log: batch %s is damaged (records or predictions unreadable); skipped", batch_key
+    )
+    return [], []
 
 
 def _naive_utc(ts: float) -> datetime:
@@ -139,7 +157,10 @@ def _shadows(conn: sa.Connection, keys: list[str]) -> dict[str, tuple[int, list[
                 sp.c.batch_key.in_(keys[i : i + 500])
             )
         ):
-            out[r.batch_key] = (r.model_version, orjson.loads(r.predictions))
+            try:
+                out[r.batch_key] = (r.model_version, orjson.loads(r.predictions))
+            except orjson.JSONDecodeError:
+                continue  # a damaged shadow row: the record reads without its shadow prediction
     return out
 
 
@@ -163,7 +184,6 @@ class LogStore:
         self.url = url
         self.engine: sa.Engine | None = None
         self.ready = threading.Event()
-        self._here: sqlite3.Connection | None = None  # write_here's connection
 
     def open(self) -> None:
         """Create the engine and run the migrations (the writer retries this until it works)."""
@@ -179,9 +199,6 @@ class LogStore:
         self.ready.set()
 
     def close(self) -> None:
-        if self._here is not None:
-            self._here.close()
-            self._here = None
         if self.engine is not None:
             self.engine.dispose()
 
@@ -189,13 +206,6 @@ class LogStore:
         if self.engine is None:
             raise LogUnavailable(f"prediction log database is not open: {self.safe_url()}")
         return self.engine
-
-    @property
-    def is_sqlite_file(self) -> bool:
-        """A SQLite database in a file (not in memory): ``write_here`` can open a second connection to it."""
-        from sqlalchemy.engine import make_url
-
-        return self.url.startswith("sqlite") and make_url(self.url).database not in (None, "", ":memory:")
 
     def safe_url(self) -> str:
         try:
@@ -207,7 +217,8 @@ class LogStore:
 
     # ------------------------------------------------------------------ writes (writer thread)
     def write(self, batch: list[LogBatch]) -> int:
-        """Insert the batches; returns the records dropped because their batch key was already stored.
+        """Insert the batches; returns the records dropped because their batch key was already stored (a
+        replayed batch the database already has is not counted: it is logged, by the process that died).
 
         Any other database error propagates (the writer keeps the batch and retries)."""
         import sqlalchemy as sa
@@ -249,46 +260,16 @@ class LogStore:
             pass
         # a duplicate batch key: write the others one by one, count the records of the rest as dropped
         bad = 0
-        for v in values:
+        for b, v in zip(batch, values, strict=True):
             try:
                 with engine.begin() as conn:
                     conn.execute(prediction_batches.insert(), [v])
             except sa.exc.IntegrityError:
-                bad += int(v["n"])
+                if not b.replay:
+                    bad += int(v["n"])
         if bad:
             logger.warning("prediction log: %d records with duplicate request ids dropped", bad)
         return bad
-
-    def write_here(self, batch: list[LogBatch], busy_seconds: float) -> None:
-        """Insert the batches in one SQLite transaction on a connection kept for the caller's thread (the
-        event loop's inline commits: no pool checkout), waiting at most ``busy_seconds`` for another
-        writer's lock. Any error, a duplicate key included, propagates: ``write`` on the writer thread
-        then handles the batch."""
-        con = self._here
-        if con is None:
-            from ..db import sqlite_pragmas
-
-            con = sqlite3.connect(
-                self.require().url.database or "", timeout=busy_seconds, check_same_thread=False
-            )
-            sqlite_pragmas(con)
-            con.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoint() on the writer thread instead
-            self._here = con
-        try:
-            cur = con.cursor()
-            _insert_sqlite(cur, batch)
-            cur.close()
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-
-    def checkpoint(self) -> None:
-        """Copy the SQLite WAL into the database file without blocking writers (PASSIVE)."""
-        import sqlalchemy as sa
-
-        with self.require().connect() as conn:
-            conn.execute(sa.text("PRAGMA wal_checkpoint(PASSIVE)"))
 
     def write_shadow(self, rows: Sequence[ShadowRow]) -> None:
         """Insert shadow predictions (a request shadowed twice keeps its first row)."""
@@ -370,10 +351,9 @@ class LogStore:
                 start = first_pos + 1 if r.id == first_pk else 0
                 if start >= r.n:
                     continue
-                records = _records_of(r.records)
-                preds = orjson.loads(r.predictions)
+                records, preds = _blobs(r.records, r.predictions, r.n, r.batch_key)
                 ts = r.ts.replace(tzinfo=UTC)
-                for pos in range(start, r.n):
+                for pos in range(start, len(records) and r.n):
                     idx = r.first_index + pos if r.first_index >= 0 else -1
                     label = fb.get((r.batch_key, idx))
                     if unlabelled_only and label is not None:
@@ -446,17 +426,18 @@ class LogStore:
         batch_ids = list(dict.fromkeys(h.id for h in hits))
         for i in range(0, len(batch_ids), 20):  # blobs of a few batches at a time (bounded memory)
             chunk = batch_ids[i : i + 20]
-            blobs = {
-                b.id: (b.records, b.predictions)
+            parsed = {
+                b.id: _blobs(b.records, b.predictions, b.n, b.batch_key)
                 for b in conn.execute(
-                    sa.select(pb.c.id, pb.c.records, pb.c.predictions).where(pb.c.id.in_(chunk))
+                    sa.select(pb.c.id, pb.c.records, pb.c.predictions, pb.c.n, pb.c.batch_key).where(
+                        pb.c.id.in_(chunk)
+                    )
                 )
             }
-            parsed = {k: (_records_of(v[0]), orjson.loads(v[1])) for k, v in blobs.items()}
             shadows = _shadows(conn, list({h.batch_key for h in hits if h.id in parsed}))
             for h in hits:
-                if h.id not in parsed:
-                    continue
+                if h.id not in parsed or h.pos >= len(parsed[h.id][0]):
+                    continue  # gone, or damaged
                 records, preds = parsed[h.id]
                 items.append(
                     LoggedPrediction(
@@ -495,11 +476,14 @@ class LogStore:
                     )
                 )
                 for r in rows:
-                    preds = orjson.loads(r.predictions)
-                    errors = by_version.setdefault(r.model_version, [])
-                    errors += (
-                        abs(preds[idx - r.first_index] - actual) for idx, actual in by_batch[r.batch_key]
-                    )
+                    try:
+                        preds = orjson.loads(r.predictions)
+                        errs = [
+                            abs(preds[idx - r.first_index] - actual) for idx, actual in by_batch[r.batch_key]
+                        ]
+                    except (orjson.JSONDecodeError, TypeError, IndexError):
+                        continue  # a damaged row: no live error from it (the label itself is stored)
+                    by_version.setdefault(r.model_version, []).extend(errs)
         for version, errors in by_version.items():
             observe(version, errors)
 

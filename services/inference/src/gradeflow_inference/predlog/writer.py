@@ -12,40 +12,34 @@ a process killed hard (SIGKILL, OOM) loses the rows queued or being written: tho
 ``LOG_FLUSH_INTERVAL`` (0.2 s), more while the database is slow or down. They are counted on the next start
 (``ledger``: ``inference_log_lost_on_crash_total``, ``log_lost_on_crash`` in ``/health``).
 
-Durable acknowledgement (``LOG_DURABLE_ACK=true``): ``submit_acked`` queues the row and the request waits
-until the writer thread has committed it. Group commit: the requests of one event-loop turn wake the
-writer once (``call_soon``); it commits everything queued at that moment in one transaction and then
-releases every request of that commit with one ``call_soon_threadsafe`` per event loop; requests arriving
-meanwhile form the next commit. No commit per request. On SQLite the event loop commits the turn's rows
-itself when it can (``_commit_here``): a local WAL commit costs tens of microseconds, while the hand-over
-to the writer thread and back costs two thread wake-ups, several hundred microseconds on a busy 2-core
-machine (it made durable ack cost 45 % of batch-1 throughput). Not when the writer thread is writing, the
-database reports errors, or the inline commits average more than ``inline_max_seconds`` (a slow disk:
-then the writer thread commits for a minute); another writer's lock is waited for 20 ms at most, then the
-rows go to the writer thread. PostgreSQL commits are network round trips and always use the thread. A row that cannot be queued (queue full,
-stopping) or committed within ``ack_timeout`` gets a 503 instead of an answer. Durable against a crash of the process; against power loss only as far as the
-database makes its commits durable (SQLite here runs WAL with ``synchronous=NORMAL``: the last commits
-before a power cut may be lost; PostgreSQL: ``synchronous_commit``).
+Durable acknowledgement (``LOG_DURABLE_ACK=true``): ``acked`` queues the row as above and answers only
+once the row is on the data volume, in this process's journal (``predlog.journal``): the event loop writes
+the rows of every request that finished in one turn with a single ``write`` and releases them; the writer
+thread then inserts them into the database as usual and the journal drops them once committed. A process
+that dies leaves its journal; the next start replays it into the database. Group commit without a thread
+hand-over or a database commit on the request path: a database commit per answer costs a lone client far
+more (a SQLite commit is 60-250 microseconds of system calls, a PostgreSQL commit a round trip). A row that
+cannot be queued (queue full, stopping) or journalled (disk full) gets a 503 instead of an answer. Durable
+against a crash of the process, not of the machine (no fsync; the SQLite log itself runs WAL with
+``synchronous=NORMAL``, which gives the same). Without a journal folder (``ledger_dir`` None, unit tests)
+the request waits for the writer thread's commit instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .journal import AckJournal
 from .ledger import CrashLedger
 from .store import LogBatch, LogStore, LogUnavailable
 
 logger = logging.getLogger(__name__)
-
-INLINE_BUSY_MS = 20  # an inline commit waits at most this long for another writer's lock
-INLINE_WINDOW = 16  # inline commits are judged slow or not by the median of this many
 
 
 class LogWriter:
@@ -59,7 +53,7 @@ class LogWriter:
         shutdown_timeout: float = 30.0,
         ledger_dir: Path | None = None,
         ack_timeout: float = 10.0,
-        inline_max_seconds: float = 0.005,
+        durable_ack: bool = False,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -89,17 +83,14 @@ class LogWriter:
         self._batches_done = 0  # batches ever committed or dropped by the writer, in queue order
         self._waiters: deque[tuple[int, asyncio.Future[bool | None]]] = deque()  # (batch seq, future)
         self._kick_pending = False
-        # held while batches are taken from the queue and written: the writer thread and the event loop's
-        # inline commit (``_commit_here``) never write at the same time, and batches finish in queue order
-        self._write_lock = threading.Lock()
-        self.inline_commit = store.is_sqlite_file
-        self.inline_max_seconds = inline_max_seconds
-        self._inline_off_until = 0.0
-        self._inline_times: deque[float] = deque(
-            maxlen=INLINE_WINDOW
-        )  # wall time of the last inline commits (s)
-        self.inline_commits = 0
-        self._checkpointed = 0  # inline_commits at the last WAL checkpoint
+        # durable acknowledgement's journal (beside the ledger; always read at start: a predecessor may
+        # have run with it); acked() without one waits for the writer thread's commit
+        self.journal = AckJournal(ledger_dir) if ledger_dir is not None else None
+        self.durable_ack = durable_ack
+        self._journal_turn: list[tuple[int, LogBatch, asyncio.Future[bool | None]]] = []
+        self.replayed = 0  # records a dead process acknowledged, replayed from its journal at start
+        self.journalled = 0  # records acknowledged through the journal
+        self._dropped_at_stop = False  # the stop gave up on queued rows (their journal is kept)
 
     # ------------------------------------------------------------------ request path
     def submit(self, batch: LogBatch) -> bool:
@@ -121,76 +112,50 @@ class LogWriter:
         return True
 
     def submit_acked(self, batch: LogBatch) -> asyncio.Future[bool | None] | None:
-        """Queue ``batch`` and wake the writer; the future (of the running loop) becomes True once the row
-        is committed, False if it was dropped. None: not queued (queue full or stopping; counted dropped)."""
+        """Queue ``batch``; the future (of the running loop) becomes True once the row is durable: in the
+        journal (written once per event-loop turn for every request of the turn) or, without a journal,
+        committed by the writer thread; False if it was dropped. None: not queued (queue full or
+        stopping; counted dropped)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool | None] = loop.create_future()
         with self._cond:
             seq = self._batches_in
             if not self.submit(batch):  # re-entrant: a Condition's default lock is an RLock
                 return None
-            self._waiters.append((seq, fut))
+            if self.journal is None:
+                self._waiters.append((seq, fut))
+        if self.journal is not None:
+            self._journal_turn.append((seq, batch, fut))
         if not self._kick_pending:
-            # wake the writer once per event-loop turn, after every request handled in this turn has queued
-            # its row: they share one commit
+            # once per event-loop turn, after every request handled in this turn has queued its row: they
+            # share one journal write (or one commit)
             self._kick_pending = True
             loop.call_soon(self._kick)
         return fut
 
     def _kick(self) -> None:
         self._kick_pending = False
-        if self.inline_commit and self._commit_here():
-            return
-        with self._cond:
-            self._cond.notify()
-
-    def _commit_here(self) -> bool:
-        """Commit the rows queued in this event-loop turn on the loop itself, when that is cheap and safe:
-        SQLite (a local WAL commit, tens of microseconds), the database healthy, the writer thread idle, and
-        no recent inline commit slower than ``inline_max_seconds``. Handing the rows to the writer thread and
-        back costs two thread wake-ups, which on a busy machine cost far more than the commit. False: the
-        writer thread must do it (nothing was taken from the queue)."""
-        if self.error is not None or not self.store.ready.is_set() or self._stopping:
-            return False
-        if time.monotonic() < self._inline_off_until:
-            return False
-        if not self._write_lock.acquire(blocking=False):
-            return False  # the writer thread is writing: it takes these rows next
-        try:
+        if self.journal is None:
             with self._cond:
-                if not self._chunks:
-                    return True
-                batch = list(self._chunks)
-                self._chunks.clear()
-                rows = sum(b.n for b in batch)
-                upto = self._batches_done + len(batch)
-            t0 = time.perf_counter()
-            try:
-                # another writer's lock (a /feedback write) is waited for briefly here, not for 30 s
-                self.store.write_here(batch, INLINE_BUSY_MS / 1000)
-            except Exception:  # noqa: BLE001 - give the rows back to the writer thread, which retries and reports
-                with self._cond:
-                    self._chunks.extendleft(reversed(batch))
-                return False
-            self._inline_times.append(time.perf_counter() - t0)
-            if len(self._inline_times) == self._inline_times.maxlen:
-                # the median of the last commits: one that waited for a CPU or a WAL checkpoint does not
-                # count, a slow disk does; then the loop must not stall on it: the writer thread commits for
-                # the next minute
-                med = statistics.median(self._inline_times)
-                self._inline_times.clear()
-                if med > self.inline_max_seconds:
-                    self._inline_off_until = time.monotonic() + 60.0
-                    logger.warning(
-                        "prediction log: commits on the event loop take %.1f ms (median); the writer thread "
-                        "commits for the next minute",
-                        med * 1000,
-                    )
-            self.inline_commits += 1
-            self._finish(rows, dropped=False, batches_upto=upto)
-            return True
-        finally:
-            self._write_lock.release()
+                self._cond.notify()
+            return
+        turn, self._journal_turn = self._journal_turn, []
+        try:
+            self.journal.append((seq, b) for seq, b, _ in turn)
+        except OSError as exc:
+            self.error = f"journal: {exc}"
+            err = LogUnavailable(
+                f"the prediction could not be written to the log's journal ({exc}) and is not acknowledged "
+                "(LOG_DURABLE_ACK); it may or may not be logged later"
+            )
+            for _, _, fut in turn:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        for _, b, fut in turn:
+            self.journalled += b.n
+            if not fut.done():
+                fut.set_result(True)
 
     async def acked(self, batch: LogBatch) -> None:
         """Queue ``batch`` and return once its row is committed (LogUnavailable, 503, otherwise)."""
@@ -237,9 +202,37 @@ class LogWriter:
 
     # ------------------------------------------------------------------ writer thread
     def start(self) -> None:
-        """Count the rows lost by crashed predecessors (ledger), then start the writer thread."""
+        """Replay the journals of crashed predecessors, count the rows they lost (ledger), then start the
+        writer thread."""
+        replay: list[LogBatch] = []
+        journalled: set[str] = set()
+        if self.journal is not None:
+            replay, journalled = self.journal.claim_dead()
         if self.ledger is not None:
-            self.lost_on_crash += self.ledger.open()
+            self.lost_on_crash += self.ledger.open(journalled)
+            if self.journal is not None and self.ledger.path is not None:
+                self.journal.stem = self.ledger.path.name[: -len(".ledger")]  # one name per process
+        if self.journal is not None:
+            entries: list[tuple[int, LogBatch]] = []
+            with self._cond:
+                for b in replay:  # not bounded by queue_max: a dead process's queue was bounded already
+                    entries.append((self._batches_in, b))
+                    self._chunks.append(b)
+                    self._pending += b.n
+                    self._accepted += b.n
+                    self._batches_in += 1
+                if self.ledger is not None and self._accepted > self.ledger.reserved:
+                    self.ledger.reserve(self._accepted)
+            self.journal.adopt(entries)
+            if self.durable_ack:
+                self.journal.open_segment()
+            self.replayed = sum(b.n for b in replay)
+            if replay:
+                logger.warning(
+                    "prediction log: %d records acknowledged by a process that died were replayed from its "
+                    "journal into the database",
+                    self.replayed,
+                )
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
@@ -268,34 +261,14 @@ class LogWriter:
                 if not self._chunks:
                     if self._stopping:
                         return
-                    idle = True
-                else:
-                    idle = False
-            if idle:
-                self._checkpoint()
-                continue
-            with self._write_lock:
-                if not self._write_queued():
-                    return
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL of the inline commits into the database, here on the writer thread: their
-        connection does not checkpoint by itself (a checkpoint syncs the database file, which must not
-        stall the event loop), so the WAL would otherwise only grow."""
-        if self.inline_commits == self._checkpointed:
-            return
-        self._checkpointed = self.inline_commits
-        try:
-            self.store.checkpoint()
-        except Exception as exc:  # noqa: BLE001 - retried at the next idle moment; writes carry on
-            logger.warning("prediction log: WAL checkpoint failed (%s)", exc)
+                    continue
+            if not self._write_queued():
+                return
 
     def _write_queued(self) -> bool:
         """Take up to ``batch_size`` records from the queue and write them, retrying while the database
-        fails (caller holds ``_write_lock``). False: the writer must end (shutdown timeout passed)."""
+        fails. False: the writer must end (shutdown timeout passed)."""
         with self._cond:
-            if not self._chunks:
-                return True  # the event loop committed them (``_commit_here``)
             batch: list[LogBatch] = []
             rows = 0
             while self._chunks and rows < self.batch_size:
@@ -343,6 +316,8 @@ class LogWriter:
             if batches_upto is not None:
                 self._batches_done = batches_upto
                 self._release(ok)
+                if self.journal is not None and ok:
+                    self.journal.trim(self._batches_done)
             self._done_cond.notify_all()
 
     def _release(self, ok: bool) -> None:
@@ -354,20 +329,14 @@ class LogWriter:
         while self._waiters and self._waiters[0][0] < self._batches_done:
             fut = self._waiters.popleft()[1]
             by_loop.setdefault(fut.get_loop(), []).append(fut)
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # the writer thread
-            here = None
         for loop, futs in by_loop.items():
-            if loop is here:  # an inline commit (``_commit_here``): resolve now, no wake-up through the pipe
-                _resolve(futs, ok)
-                continue
             try:
                 loop.call_soon_threadsafe(_resolve, futs, ok)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 continue
 
     def _drop_all(self, why: str) -> None:
+        self._dropped_at_stop = True
         with self._cond:
             n = sum(c.n for c in self._chunks)
             self._batches_done += len(self._chunks)
@@ -408,6 +377,10 @@ class LogWriter:
             self._thread.join()
         logger.info("prediction log stopped: %d rows written, %d dropped", self.written, self.dropped)
         self.store.close()
+        if self.journal is not None:
+            # rows the database never took (it failed until the shutdown timeout) stay in the journal: the
+            # next start replays them
+            self.journal.close(remove=not self._dropped_at_stop)
         if self.ledger is not None:
             self.ledger.close()
 
@@ -420,7 +393,7 @@ class LogWriter:
             "written": self.written,
             "dropped": self.dropped,
             "lost_on_crash": self.lost_on_crash,
-            "inline_commits": self.inline_commits,
+            "replayed_on_start": self.replayed,
             "db_error": self.error,
             "url": self.store.safe_url(),
         }

@@ -74,6 +74,7 @@ def health(state: StateDep) -> dict[str, Any]:
         "log_queue_depth": s["queue_depth"],
         "log_dropped": s["dropped"],
         "log_lost_on_crash": s["lost_on_crash"],
+        "log_replayed_on_start": s["replayed_on_start"],
         "log_db_error": s["db_error"],
     }
 
