@@ -137,11 +137,16 @@ def test_traffic_is_compared_with_the_rows_the_model_was_promoted_on(tmp_path: P
     run = mon.run_check("test")
     assert run.reference_set == "recent_labelled" and run.reference_rows == 300
     assert not run.dataset_drift and not run.degraded and run.action == g.NONE and not trainer.calls
-    # a different shift (attendance back to normal): drift against those rows, retrain though not degraded
+    # a different shift (attendance back to normal): drift against those rows, not degraded: a first check
+    # only notes it, the next one that sees it too retrains
     window.set(synth.generate(600, seed=12), offset=2.0, start_id=601)
     run = mon.run_check("test")
     assert run.dataset_drift and "attendance_pct" in run.drifted_columns and not run.degraded
-    assert run.action == g.TRIGGERED and len(trainer.calls) == 1
+    assert (run.action, run.action_code) == (g.NONE, "unconfirmed") and not trainer.calls
+    assert "next check must confirm" in (run.action_reason or "")
+    window.set(synth.generate(600, seed=13), offset=2.0, start_id=1201)
+    run = mon.run_check("test")
+    assert run.dataset_drift and run.action == g.TRIGGERED and len(trainer.calls) == 1
     told = json.loads(Path(run.report_json or "").read_text())["verdict"]
     assert (told["reference"], told["reference_rows"]) == ("recent_labelled", 300)
 

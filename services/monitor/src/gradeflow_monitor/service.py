@@ -330,6 +330,23 @@ class Monitor:
                 f"traffic and still performs as there ({perf.reason}): settled, no retrain",
                 story.SETTLED,
             )
+        if (
+            drift.dataset_drift
+            and not perf.degraded
+            and run.reference_set == RECENT_LABELLED
+            and not self._confirms_drift(run)
+        ):
+            # a shift away from the rows the model was promoted on, with no degradation behind it: each
+            # column is tested at its own noise level, so one window in a long quiet stretch can flag a few
+            # columns by chance; two checks in a row cannot (the chance multiplies), a real shift stays
+            return guards.Decision(
+                guards.NONE,
+                f"dataset drift against the recent labelled rows the model was promoted on "
+                f"({len(drift.drifted_columns)}/{len(drift.columns)} columns: "
+                f"{', '.join(drift.drifted_columns)}) without degradation ({perf.reason}): the next check "
+                "must confirm it before a retrain",
+                story.UNCONFIRMED,
+            )
         why = []
         if drift.dataset_drift:
             why.append(
@@ -357,6 +374,19 @@ class Monitor:
                 promoted_version=promoted,
             ),
             state,
+        )
+
+    def _confirms_drift(self, run: Run) -> bool:
+        """The previous check judged the same model against the same recent reference and found dataset
+        drift too."""
+        prev = self.store.latest()
+        return (
+            prev is not None
+            and prev.id != run.id
+            and prev.status != "error"
+            and prev.model_version == run.model_version
+            and prev.reference_set == RECENT_LABELLED
+            and bool(prev.dataset_drift)
         )
 
     def _last_job(self, state: guards.GuardState) -> tuple[str | None, int | None]:

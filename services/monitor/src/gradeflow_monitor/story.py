@@ -33,6 +33,9 @@ _SKIP_LABELS = {
     guards.SKIP_ROLLOUT: "challenger under rollout: its decision comes first",
 }
 SETTLED = "settled"  # action code of a drift the serving model was already validated on
+# action code of a drift against the rows the model was promoted on, not backed by degradation, seen by
+# one check only: the next check must see it too before it retrains
+UNCONFIRMED = "unconfirmed"
 
 
 def action_label(action: str, code: str = "") -> str:
@@ -48,6 +51,8 @@ def action_label(action: str, code: str = "") -> str:
         return "error"
     if code == SETTLED:
         return "none (settled: drift the model was validated on)"
+    if code == UNCONFIRMED:
+        return "none yet (drift without degradation: the next check must confirm it)"
     return "none"
 
 
