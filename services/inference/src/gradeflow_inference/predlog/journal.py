@@ -35,6 +35,7 @@ from pathlib import Path
 
 import orjson
 
+from .ledger import lock_if_dead
 from .store import LogBatch
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class AckJournal:
             return batches, stems
         paths = sorted(self.directory.glob(f"*{SUFFIX}"), key=_segment_order)
         for path in paths:
-            fd = _lock_dead(path)
+            fd = lock_if_dead(path, os.O_RDONLY)
             if fd is None:
                 continue
             stems.add(path.name[: -len(SUFFIX)].rsplit("-", 1)[0])
@@ -213,19 +214,3 @@ def _segment_order(path: Path) -> tuple[str, int]:
         return stem, int(n)
     except ValueError:
         return stem, 0
-
-
-def _lock_dead(path: Path) -> int | None:
-    """An open descriptor of ``path`` locked by us if its process is dead (lock free), else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None  # claimed by another process meanwhile
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.stat(path).st_ino != os.fstat(fd).st_ino:
-            raise FileNotFoundError(path)
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
-        return None  # its process is alive, or another process claimed it first
-    return fd

@@ -104,20 +104,10 @@ def claim_dead(directory: Path, journalled: set[str] | None = None) -> int:
     journalled = journalled or set()
     lost = 0
     for path in sorted(directory.glob(f"*{SUFFIX}")):
+        fd = lock_if_dead(path)
+        if fd is None:
+            continue
         try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            continue  # claimed by another process meanwhile
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its process is alive
-            try:
-                if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                    continue
-            except FileNotFoundError:
-                continue  # another process claimed and removed it before we got the lock
             reserved, done = read_counters(path)
             n = 0 if path.name[: -len(SUFFIX)] in journalled else max(0, reserved - done)
             if n:
@@ -134,3 +124,20 @@ def claim_dead(directory: Path, journalled: set[str] | None = None) -> int:
         finally:
             os.close(fd)
     return lost
+
+
+def lock_if_dead(path: Path, flags: int = os.O_RDWR) -> int | None:
+    """An open descriptor of ``path``, locked by this process, if the process that owned it is dead (its
+    ``flock`` is free); None while that process lives or when another process claimed the file first."""
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:  # claimed and removed before we got the lock
+            raise FileNotFoundError(path)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    return fd
