@@ -191,7 +191,8 @@ def run(
                 f"(+{r['added_ms']:.2f} ms); batch 1000: full {med['full-1000']:.1f} ms, ids "
                 f"{med['id-1000']:.1f} ms ({r['ratio_1000']:.2f}x; CPU per request {cpu_med['full-1000']:.1f} "
                 f"vs {cpu_med['id-1000']:.1f} ms, {r['cpu_ratio_1000']:.2f}x); ready "
-                f"{statistics.median(ready['store']):.2f} s (no store {statistics.median(ready['none']):.2f} s)"
+                f"{statistics.median(ready['store']):.2f} s"
+                + (f" (no store {statistics.median(ready['none']):.2f} s)" if ready["none"] else "")
             )
     finally:
         if "redis" in stores:
