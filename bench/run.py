@@ -793,7 +793,9 @@ def main() -> None:
 
             from gradeflow_shared.synth import COLUMNS
 
-            res = by_id.run(work, [c.name for c in COLUMNS], args.duration, max(3, args.rounds))
+            res = by_id.run(
+                work, [c.name for c in COLUMNS], args.duration, max(3, args.rounds), args.cold_starts
+            )
             by_id_text = by_id.section(res, max(3, args.rounds), args.duration)
         text = report(
             results, cold, floor.results, logcost, durcost, info, args, time.perf_counter() - t_start

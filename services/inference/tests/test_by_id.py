@@ -7,6 +7,7 @@ The thin online reader is checked against Feast's own ``get_online_features``; t
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gradeflow_inference.app import create_app
-from gradeflow_inference.online.reader import SqliteOnline
+from gradeflow_inference.online.reader import ABSENT, SqliteOnline, StudentRow
 from gradeflow_testkit import exports
 from gradeflow_testkit.feature_store import SeededStore, reading_time, seeded_store
 
@@ -74,6 +75,51 @@ def test_reader_agrees_with_feast(seeded: SeededStore) -> None:
             compared += 1
     assert compared > 25 * 15
     assert set(rows[25].expired) == {*ACTIVITY, "term_grade"}  # OLD-1: activity past its TTL
+
+
+@pytest.mark.parametrize("cache", [200_000, 0], ids=["cached", "uncached"])
+def test_lookup_is_get_in_the_model_s_order(seeded: SeededStore, cache: int) -> None:
+    """The predict path's fast form: a tuple of the requested features for a student with all of them
+    stored and fresh (in the order asked, a feature no view has included), else the StudentRow that
+    says why (expired, missing), None for an unknown student; the same values as ``get`` (checked
+    against Feast above)."""
+    reader = SqliteOnline(seeded.settings.feature_store_path, cache_max=cache)
+    layout = reader.layout()
+    assert layout is not None
+    features = tuple(reversed(layout.feature_view))  # another order than the store's
+    ids = [*seeded.ids[:30], "OLD-1", "NEW-1", "nobody", seeded.ids[0]]
+    for _ in range(2):  # the second time from the cache (when on) and the decoded-value memo
+        found = reader.lookup(ids, features)
+        rows = reader.get(ids)
+        for sid, got, row in zip(ids[:30], found, rows, strict=False):
+            assert type(got) is tuple and row is not None, sid
+            assert got == tuple(row.values[f] for f in features), sid
+        assert isinstance(found[30], StudentRow) and set(found[30].expired) == {*ACTIVITY, "term_grade"}
+        assert isinstance(found[31], StudentRow) and not found[31].expired
+        assert not set(ACTIVITY) & set(found[31].values) and "age" in found[31].values
+        assert found[32] is None and found[33] == found[0]
+    # only the profile's features: OLD-1's expired activity does not matter, NEW-1 has them all
+    profile = ("age", "school_type", "previous_grade")
+    old, new = reader.lookup(["OLD-1", "NEW-1"], profile)
+    assert type(old) is tuple and type(new) is tuple and len(old) == 3
+    # a feature no view has: the row says it is missing
+    (row,) = reader.lookup([seeded.ids[0]], ("age", "shoe_size"))
+    assert isinstance(row, StudentRow) and "shoe_size" not in row.values and "age" in row.values
+    reader.close()
+
+
+def test_decoded_value_memo_is_exact_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradeflow_inference.online import reader as reader_module
+    from gradeflow_inference.online.wire import decode_value
+
+    memo = reader_module._Memo(decode_value)
+    bufs = [b"\x29" + struct.pack("<d", x / 7) for x in range(50)] + [b"\x12\x03abc", b"", b"\x20\x05"]
+    assert [memo[b] for b in bufs] == [decode_value(b) for b in bufs]
+    assert memo[None] is ABSENT
+    monkeypatch.setattr(reader_module, "MEMO_MAX", 10)
+    small = reader_module._Memo(decode_value)
+    assert [small[b] for b in bufs] == [decode_value(b) for b in bufs]
+    assert len(small) <= 11 and small[None] is ABSENT  # emptied when full, None kept
 
 
 def test_predict_by_id_equals_sending_the_stored_features(

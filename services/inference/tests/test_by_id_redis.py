@@ -45,6 +45,23 @@ def test_redis_reader_agrees_with_feast_and_serves_by_id(
                     assert got.values[feat] == (None if isinstance(v, float) and math.isnan(v) else v)
         old = rows[20]
         assert old is not None and "attendance_pct" in old.expired and "age" in old.values
+        # the predict path's form (tuples in the order asked), the same values
+        features = tuple(reversed(reader.layout().feature_view))  # type: ignore[union-attr]
+        found = reader.lookup([*ids, "nobody"], features)
+        for got, row in zip(found[:20], rows, strict=False):
+            assert type(got) is tuple and row is not None
+            assert got == tuple(row.values[f] for f in features)
+        assert not isinstance(found[20], tuple) and found[20] is not None and found[21] is None
+        # a connection the server closed (restart, idle timeout): the next lookup still answers
+        pool = reader._redis().connection_pool
+        conn = pool.get_connection()
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        pool.release(conn)
+        admin = redis.Redis.from_url(redis_url)
+        assert admin.client_kill_filter(_id=client_id) == 1
+        admin.close()
+        assert reader.lookup([*ids, "nobody"], features) == found
         reader.close()
 
         cfg = make_settings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,9 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
         state.manager.start()
         state.materializer.start()
         state.rollout.shadow.start()
+        # the online store's client library (Redis) is imported now, off the start-up path and before the
+        # first by-id request
+        threading.Thread(target=state.online.warm, name="online-warm", daemon=True).start()
         try:
             yield
         finally:

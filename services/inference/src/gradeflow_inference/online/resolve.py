@@ -19,7 +19,7 @@ from typing import Any
 
 from gradeflow_shared.errors import MAX_PROBLEMS, InvalidInput, NotFound
 
-from .reader import OnlineFeatures
+from .reader import OnlineFeatures, StudentRow
 
 ID_FIELD = "student_id"
 MAX_ID_LENGTH = 128
@@ -64,7 +64,7 @@ def resolve(
             "; ".join(f"{_where(batch, i)}{ID_FIELD}: {p}" for i, p in bad[:5]), details=details
         )
     ids = [records[i][ID_FIELD] for i in idx]
-    rows = online.get(ids) if online is not None else [None] * len(ids)
+    rows = online.lookup(ids, features) if online is not None else [None] * len(ids)
     unknown = [(i, sid) for i, sid, row in zip(idx, ids, rows, strict=True) if row is None]
     if unknown:
         shown = ", ".join(repr(_echo(s)) for _, s in unknown[:5])
@@ -80,10 +80,18 @@ def resolve(
     out = list(records)
     problems: list[dict[str, Any]] = []
     for i, sid, row in zip(idx, ids, rows, strict=True):
-        assert row is not None
         rec = records[i]
+        if type(row) is tuple:  # every feature stored and fresh (the common case): no loop per feature
+            merged = dict(zip(features, row, strict=True))
+            if len(rec) > 1:  # sent values override stored ones; other keys kept for validation to name
+                for k, v in rec.items():
+                    if k != ID_FIELD:
+                        merged[k] = v
+            out[i] = merged
+            continue
+        assert isinstance(row, StudentRow)
         stored, expired = row.values, row.expired
-        merged: dict[str, Any] = {}
+        merged = {}
         for f in features:
             if f in rec:
                 merged[f] = rec[f]
