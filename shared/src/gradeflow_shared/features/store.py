@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import numpy as np
 import pandas as pd
 
 from ..datasets import ColumnSpec, DatasetSpec
@@ -429,13 +430,12 @@ def _carry_forward(store: FeatureStore, view: str, frame: pd.DataFrame, absent: 
     resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
     latest = pd.DataFrame(resp.to_dict())
     stamps = dict(zip(resp.proto.metadata.feature_names.val, resp.proto.results, strict=True))[absent[0]]
-    online_ts = pd.to_datetime(
-        [t.seconds if t.seconds > 0 else None for t in stamps.event_timestamps], unit="s", utc=True
-    )
+    # the view's event time online per student (seconds; NaN: nothing stored) against each reading's
+    online_s = np.array([t.seconds or np.nan for t in stamps.event_timestamps], dtype=float)
     times = pd.to_datetime(frame[TIMESTAMP], utc=True)
-    late = (
-        pd.Series(online_ts, index=frame.index).notna() & (times < pd.Series(online_ts, index=frame.index))
-    ).to_numpy()
+    late = ~np.isnan(online_s) & (
+        (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() < online_s
+    )
     for c in absent:
         frame[c] = latest[c].to_numpy()
     if late.any():
