@@ -410,7 +410,11 @@ def push(store: FeatureStore, rows: pd.DataFrame) -> dict[str, int]:
         write_history(store, view, frame)
         online = _history_frame(frame, cols, datetime.now(UTC))
         guard_online_order(store)
-        store.push(push_source_name(view), online, to=PushMode.ONLINE)
+        same = _same_time_on_redis(store, cols[0], online)
+        if same.any():  # first: a newer row of the batch must still win over them
+            with _redis_overwrite(store):
+                store.push(push_source_name(view), online[same], to=PushMode.ONLINE)
+        store.push(push_source_name(view), online[~same], to=PushMode.ONLINE)
         written[view] = len(frame)
     return written
 
@@ -450,6 +454,36 @@ def _carry_forward(store: FeatureStore, view: str, frame: pd.DataFrame, absent: 
         logger.info(
             "feature store: %d late reading(s) of %s carried forward point-in-time", int(late.sum()), view
         )
+
+
+def _same_time_on_redis(store: FeatureStore, feature: str, rows: pd.DataFrame) -> np.ndarray:
+    """Which rows have exactly the event time Redis holds for their student (a second reading of the same
+    moment, e.g. attendance and a survey sent apart). Feast's Redis writer keeps the stored value when
+    the new one is not newer, so these would never reach the online store (SQLite's guard lets an equal
+    time replace). All False for SQLite."""
+    from .repo import JOIN_KEY, TIMESTAMP
+
+    if store.config.online_store.type != "redis" or rows.empty:
+        return np.zeros(len(rows), dtype=bool)
+    ref = feature_refs(store, [feature])
+    resp = store.get_online_features(features=ref, entity_rows=[{JOIN_KEY: i} for i in rows[JOIN_KEY]])
+    stamps = resp.proto.results[list(resp.proto.metadata.feature_names.val).index(feature)].event_timestamps
+    stored = np.array([t.seconds * 1_000_000 + t.nanos // 1000 if t.seconds else -1 for t in stamps])
+    given = pd.to_datetime(rows[TIMESTAMP], utc=True).dt.as_unit("us").astype("int64").to_numpy()
+    return np.asarray(stored == given)
+
+
+@contextlib.contextmanager
+def _redis_overwrite(store: FeatureStore) -> Iterator[None]:
+    """Feast's Redis writer without its event-time check, for rows known to be of the stored time (the
+    check was made just before, under the ingestion lock that keeps other pushers out)."""
+    cfg = store.config.online_store
+    before = cfg.skip_dedup
+    cfg.skip_dedup = True
+    try:
+        yield
+    finally:
+        cfg.skip_dedup = before
 
 
 def _plain(text: str) -> str:
