@@ -181,6 +181,11 @@ def test_a_killed_owner_is_taken_over(start: Callable[[str], ServiceProcess], se
         b,
     )
     owner, other = (a, b) if _metrics(a)["inference_feature_schedule_owner"] == 1 else (b, a)
+    # warm up: both have Feast open (their first push takes seconds), so from now on a push is quick
+    for svc, reading in zip((a, b), _readings(seeded, 2, tag=8), strict=True):
+        assert _post(svc, [reading]).status_code == 200
+    _wait("warm-up pushed", lambda: _sum(a, b, "inference_feature_readings_pushed_total") >= 2, 120, a, b)
+    pushed0 = _metrics(other)["inference_feature_readings_pushed_total"]
     # hold the work lock (as a long push of another process would): the owner accepts readings but
     # cannot push them; then it dies without any clean-up
     blocker = FileLock(seeded.settings.feature_store_path / WORK_LOCK)
@@ -189,7 +194,7 @@ def test_a_killed_owner_is_taken_over(start: Callable[[str], ServiceProcess], se
         readings = _readings(seeded, 8, tag=9)
         r = _post(owner, readings)
         assert r.status_code == 200, r.text
-        time.sleep(1.5)
+        time.sleep(2)  # a process ignoring the lock would have pushed them by now (it polls every 0.5 s)
         assert _metrics(other)["inference_feature_readings_pending"] == 8  # the shared journal holds them
         owner.stop(sig=signal.SIGKILL)
         assert not owner.alive()
@@ -201,7 +206,7 @@ def test_a_killed_owner_is_taken_over(start: Callable[[str], ServiceProcess], se
         60,
         other,
     )
-    assert _metrics(other)["inference_feature_readings_pushed_total"] == 8
+    assert _metrics(other)["inference_feature_readings_pushed_total"] - pushed0 == 8
     assert _history_rows(seeded, {r["event_timestamp"] for r in readings}) == 8
     _wait(
         "the survivor owns the schedule",
