@@ -151,8 +151,16 @@ def test_two_processes_push_each_reading_once_and_share_one_schedule(
             assert r.status_code == 200, r.text
             time.sleep(0.1)
 
-    with ThreadPoolExecutor(2) as pool:  # both processes accept readings at the same time
-        list(pool.map(send, (a, b), (readings[::2], readings[1::2])))
+    # the readings wait behind a held work lock (as behind a long push), so that both processes find the
+    # same pending rows when it is released and both try to push them
+    blocker = FileLock(seeded.settings.feature_store_path / WORK_LOCK)
+    assert blocker.acquire(timeout=60)
+    try:
+        with ThreadPoolExecutor(2) as pool:  # both processes accept readings at the same time
+            list(pool.map(send, (a, b), (readings[::2], readings[1::2])))
+        time.sleep(1)
+    finally:
+        blocker.release()
 
     _wait("every reading pushed", lambda: _sum(a, b, "inference_feature_readings_pending") == 0, 120, a, b)
     assert _sum(a, b, "inference_feature_readings_pushed_total") - pushed0 == 120
