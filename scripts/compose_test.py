@@ -5,7 +5,8 @@ drive the platform through its published ports.
    served, predict, feedback (with a bearer token), GET /predictions, trainer /model, a monitor check
    and its report page;
    then predict by student id from the seeded feature store (Redis online store), a 404 for an unknown
-   student, and a reading sent to POST /readings changing that student's prediction;
+   student, a reading sent to POST /readings changing that student's prediction, and the trainer
+   building point-in-time training rows from the same store volume (FEATURE_SOURCE=feast);
 2. observability: the `observability` profile added to the running stack; Prometheus loads its alert
    rules, scrapes all four services (MLflow through its login) and holds the smoke's figures
    (predictions, live MAE from the feedback, the champion version);
@@ -296,6 +297,34 @@ def by_id(urls: dict[str, str], token: str) -> None:
         log(f"predict by id ok (Redis online store); {sid}: {before:.2f} -> {after:.2f} after a reading")
 
 
+# run inside the trainer container: point-in-time training rows from the store the `features` job seeded
+# (the first 50 label rows of the seeded term: the same join a training run makes, kept short)
+TRAINER_READS_STORE = """
+from gradeflow_shared.datasets import load_spec
+from gradeflow_shared.features import store as fs
+from gradeflow_shared.features.seed import seed, store_spec
+from gradeflow_trainer.config import get_settings
+s = get_settings()
+store = fs.feature_store(s)
+hist = seed(store, store_spec(load_spec(s.dataset)))
+rows = fs.historical_features(store, hist.labels.head(50), ["attendance_pct", "age"])
+print(s.feature_store_path, int(rows.notna().all(axis=1).sum()), store.config.online_store.type)
+"""
+
+
+def trainer_reads_store(compose: Compose) -> None:
+    """The trainer sees the feature store volume at the path inference uses (FEATURE_SOURCE=feast works)."""
+    t = time.monotonic()
+    out = compose.output(
+        "exec", "-T", "-e", "FEATURE_SOURCE=feast", "trainer", "python", "-c", TRAINER_READS_STORE
+    ).split()
+    assert out[0] == "/features" and int(out[1]) == 50 and out[2] == "redis", out
+    log(
+        f"trainer reads the feature store: {out[1]} of 50 label rows complete, point-in-time, from "
+        f"{out[0]} in {time.monotonic() - t:.0f}s (mostly `import feast`)"
+    )
+
+
 def check_postgres_stores(compose: Compose) -> None:
     """With the postgres profile, each service's store really is its PostgreSQL database."""
     for db in ("mlflow", "inference", "monitor"):
@@ -488,6 +517,7 @@ def main() -> int:
         t = time.monotonic()
         version = smoke(urls, token, mlflow_password)
         by_id(urls, token)
+        trainer_reads_store(compose)
         timings["smoke"] = time.monotonic() - t
         t = time.monotonic()
         check_observability(

@@ -7,6 +7,8 @@ row, and a reading older than the view's TTL is not used as if it were current.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -330,3 +332,102 @@ def test_using_the_store_leaves_prometheus_in_memory(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env
     )
     assert out.stdout.strip().splitlines()[-1] == "True [] MutexValue", out.stdout
+
+
+def test_a_late_reading_never_replaces_a_newer_online_value(store) -> None:
+    """Arrival order does not matter online: the newest event time wins; the late reading still goes to
+    the history (point-in-time training sees it at its own time)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    fs.write_history(store, repo.PROFILE_VIEW, profile_rows(["L"], now - timedelta(days=30)))
+    fs.push(
+        store,
+        pd.DataFrame([activity_row("L", now - timedelta(days=10), attendance_pct=50.0, sleep_hours=6.0)]),
+    )
+    fs.push(
+        store,
+        pd.DataFrame([activity_row("L", now - timedelta(days=1), attendance_pct=80.0, sleep_hours=8.0)]),
+    )
+    # late: dated between the two, arrives last (a full reading, then a partial one)
+    fs.push(store, pd.DataFrame([activity_row("L", now - timedelta(days=5), attendance_pct=20.0)]))
+    fs.push(
+        store,
+        pd.DataFrame(
+            [{"student_id": "L", "event_timestamp": now - timedelta(days=4), "attendance_pct": 30.0}]
+        ),
+    )
+    got = fs.online_features(store, ["L"], ["attendance_pct", "sleep_hours"]).iloc[0]
+    assert got["attendance_pct"] == pytest.approx(80.0)  # not 20 or 30: those are older
+    assert got["sleep_hours"] == pytest.approx(8.0)
+    # a second reading of the newest moment (a survey sent apart from the attendance): it is current
+    fs.push(
+        store,
+        pd.DataFrame([{"student_id": "L", "event_timestamp": now - timedelta(days=1), "sleep_hours": 9.0}]),
+    )
+    got = fs.online_features(store, ["L"], ["attendance_pct", "sleep_hours"]).iloc[0]
+    assert (got["attendance_pct"], got["sleep_hours"]) == (pytest.approx(80.0), pytest.approx(9.0))
+
+    labels = pd.DataFrame(
+        {
+            "student_id": ["L"] * 3,
+            "event_timestamp": [now - timedelta(days=d) for d in (4.5, 3, 0)],
+        }
+    )
+    hist = fs.historical_features(store, labels, ["attendance_pct", "sleep_hours"])
+    assert hist["attendance_pct"].tolist() == [20.0, 30.0, 80.0]
+    # the partial late reading (attendance only) carried sleep_hours forward from what was known at
+    # its own time (7.5 of the full late reading), not the newer online 8.0
+    assert hist["sleep_hours"][:2].tolist() == [7.5, 7.5]
+    assert hist["sleep_hours"].iloc[2] in (8.0, 9.0)  # two history rows of that moment: either
+
+
+def test_materializing_an_older_window_keeps_a_newer_pushed_value(store) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    fs.write_history(store, repo.PROFILE_VIEW, profile_rows(["W"], now - timedelta(days=30)))
+    fs.write_history(
+        store,
+        repo.ACTIVITY_VIEW,
+        pd.DataFrame([activity_row("W", now - timedelta(days=6), attendance_pct=40.0)]),
+    )
+    fs.push(store, pd.DataFrame([activity_row("W", now - timedelta(days=1), attendance_pct=95.0)]))
+    # the window holding only the older history row, materialized after the push
+    with contextlib.redirect_stdout(io.StringIO()):
+        store.materialize(start_date=now - timedelta(days=20), end_date=now - timedelta(days=2))
+    assert fs.online_features(store, ["W"], ["attendance_pct"])["attendance_pct"].iloc[0] == pytest.approx(
+        95.0
+    )
+    fs.materialize(store)  # the incremental run over everything: still the newest
+    assert fs.online_features(store, ["W"], ["attendance_pct"])["attendance_pct"].iloc[0] == pytest.approx(
+        95.0
+    )
+
+
+def test_the_sqlite_guard_is_what_keeps_the_newest(tmp_path: Path) -> None:
+    """Feast's own SQLite writer lets a late reading win; the trigger is what stops it."""
+    import sqlite3
+
+    from feast.data_source import PushMode
+
+    st = fs.feature_store(FeatureStoreSettings(feature_store_dir=tmp_path / "fs"))
+    fs.apply(st)
+    assert sorted(fs.guard_online_order(st)) == ["gradeflow_student_activity", "gradeflow_student_profile"]
+    now = datetime.now(UTC)
+    cols = fs.view_columns(st)[repo.ACTIVITY_VIEW]
+
+    def feast_push(at: datetime, attendance: float) -> None:  # Feast alone: no guard installed by us
+        rows = pd.DataFrame([activity_row("G", at, attendance_pct=attendance)])
+        st.push(
+            repo.push_source_name(repo.ACTIVITY_VIEW), fs._history_frame(rows, cols, now), to=PushMode.ONLINE
+        )
+
+    def online() -> float:
+        return float(fs.online_features(st, ["G"], ["attendance_pct"])["attendance_pct"].iloc[0])
+
+    feast_push(now - timedelta(days=1), 80.0)
+    feast_push(now - timedelta(days=5), 20.0)
+    assert online() == pytest.approx(80.0)  # guarded
+    feast_push(now - timedelta(days=1), 81.0)
+    assert online() == pytest.approx(81.0)  # the same event time replaces (a correction)
+    with contextlib.closing(sqlite3.connect(tmp_path / "fs" / fs.ONLINE_DB)) as conn, conn:
+        conn.execute('drop trigger "gradeflow_student_activity_keep_newest"')
+    feast_push(now - timedelta(days=5), 20.0)
+    assert online() == pytest.approx(20.0)  # unguarded Feast: the older reading overwrote the newer

@@ -313,6 +313,42 @@ def test_readings_reach_predictions_and_the_lag_metric_moves(client: TestClient,
     assert _metric(client, "inference_feature_materialized_timestamp_seconds") > time.time() - 120
 
 
+def predict_with_readings_out_of_order(client: TestClient, sid: str) -> None:
+    """A newer reading, then an older one arriving after it: the by-id prediction keeps using the newer.
+
+    Shared by the SQLite (here) and Redis (test_by_id_redis) tests."""
+
+    def predict() -> float:
+        r = client.post("/predict", json={"student_id": sid})
+        assert r.status_code == 200, r.text
+        return float(r.json()["predictions"][0]["prediction"])
+
+    def post_and_wait(reading: dict[str, Any]) -> None:
+        pushed = _metric(client, "inference_feature_readings_pushed_total")
+        r = client.post("/readings", json={"readings": [reading]}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        _wait(lambda: _metric(client, "inference_feature_readings_pushed_total") >= pushed + 1, timeout=60)
+
+    newer = {"student_id": sid, "event_timestamp": reading_time(1), "attendance_pct": 12.0}
+    newer.update(study_hours_per_week=0.5, absences=30, tutoring_sessions=0)
+    older = {"student_id": sid, "event_timestamp": reading_time(3), "attendance_pct": 99.0}
+    older.update(study_hours_per_week=30.0, absences=0, tutoring_sessions=8)
+    post_and_wait(older)
+    p_older = predict()
+    post_and_wait(newer)
+    p_newer = predict()
+    assert abs(p_newer - p_older) > 0.1  # the two readings lead to different predictions
+    post_and_wait(older)  # the older reading again, arriving last
+    assert predict() == pytest.approx(p_newer, abs=1e-9)
+
+
+def test_a_late_reading_does_not_change_the_prediction_by_id(client: TestClient, seeded: SeededStore) -> None:
+    sid = seeded.ids[13]
+    predict_with_readings_out_of_order(client, sid)
+    row = SqliteOnline(seeded.settings.feature_store_path).get([sid])[0]
+    assert row is not None and row.values["attendance_pct"] == 12.0 and row.values["absences"] == 30
+
+
 def test_lag_gauge_counts_waiting_readings_until_pushed(seeded: SeededStore, tmp_path: Path) -> None:
     from prometheus_client import generate_latest
 

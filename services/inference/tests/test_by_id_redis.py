@@ -84,3 +84,33 @@ def test_redis_reader_agrees_with_feast_and_serves_by_id(
         for key in client.scan_iter(match=b"*" + project.encode(), count=1000):
             client.delete(key)
         client.close()
+
+
+def test_a_late_reading_does_not_change_the_prediction_by_id_on_redis(
+    redis_url: str, tmp_path: Path, model_dir: Path, make_settings: Callable[..., Any]
+) -> None:
+    """Feast's Redis writer compares event times itself: checked here end to end through POST /readings."""
+    import redis
+
+    from .test_by_id import predict_with_readings_out_of_order
+
+    project = f"t{uuid.uuid4().hex[:12]}"
+    s = seeded_store(
+        tmp_path / "store", students=20, feature_online_store_url=redis_url, feature_project=project
+    )
+    try:
+        cfg = make_settings(
+            model_dir,
+            feature_store_dir=s.settings.feature_store_path,
+            feature_online_store_url=redis_url,
+            feature_project=project,
+        )
+        with TestClient(create_app(cfg)) as c:
+            predict_with_readings_out_of_order(c, s.ids[3])
+        row = RedisOnline(s.settings.feature_store_path, redis_url).get([s.ids[3]])[0]
+        assert row is not None and row.values["attendance_pct"] == 12.0 and row.values["absences"] == 30
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=b"*" + project.encode(), count=1000):
+            client.delete(key)
+        client.close()

@@ -142,3 +142,14 @@ class FeatureStoreSettings(BaseSettings):
         "the latest feature values per student, read when predicting by id. Empty: an SQLite file in "
         "FEATURE_STORE_DIR.",
     )
+
+    @property
+    def feature_store_path(self) -> Path:
+        """FEATURE_STORE_DIR, default DATA_DIR/feature_store, absolute (not created).
+
+        The one rule every service applies (the trainer joins training rows from this folder, inference
+        serves and ingests there, the ``gradeflow-features`` jobs write there): in containers they all
+        mount the same volume at the same place. Classes without DATA_DIR resolve against ``data``.
+        """
+        data_dir = Path(getattr(self, "data_dir", None) or "data")
+        return (self.feature_store_dir or data_dir / "feature_store").expanduser().resolve()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -149,12 +148,6 @@ class InferenceSettings(BaseServiceSettings, AdminTokenSettings, FeatureStoreSet
         "SQLite online store only): dropped whenever the store changes, so a cached value is never staler "
         "than the last write. 0: read the store at every request.",
     )
-
-    @property
-    def feature_store_path(self) -> Path:
-        """FEATURE_STORE_DIR as ``features.store.store_dir`` resolves it (that module imports pandas:
-        kept off the start-up path)."""
-        return (self.feature_store_dir or (self.data_dir / "feature_store")).expanduser().resolve()
 
     def db_url(self) -> str:
         if self.prediction_db_url:

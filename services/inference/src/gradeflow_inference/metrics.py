@@ -152,6 +152,12 @@ class _FeatureCollector:
             "When the last materialization (history -> online store) finished (0: none since start)",
             value=last or 0.0,
         )
+        yield GaugeMetricFamily(
+            "inference_feature_schedule_owner",
+            "1 in the one process (of those sharing the feature store folder) that runs the scheduled "
+            "materialization, else 0",
+            value=1.0 if s.get("owner") else 0.0,
+        )
         runs = CounterMetricFamily(
             "inference_feature_materializations", "Materializations by result", labels=["result"]
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import numpy as np
 import pandas as pd
 
 from ..datasets import ColumnSpec, DatasetSpec
@@ -38,9 +39,8 @@ MAX_PARTS = 64  # parquet parts of a view before they are compacted into one
 
 # ------------------------------------------------------------------ configuration
 def store_dir(settings: FeatureStoreSettings) -> Path:
-    """FEATURE_STORE_DIR, default DATA_DIR/feature_store (created)."""
-    root = settings.feature_store_dir or Path(getattr(settings, "data_dir", "data")) / "feature_store"
-    root = Path(root).expanduser().resolve()
+    """``settings.feature_store_path`` (FEATURE_STORE_DIR, default DATA_DIR/feature_store), created."""
+    root = settings.feature_store_path
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -155,6 +155,44 @@ def store_root(store: FeatureStore) -> Path:
     return Path(str(store.config.repo_path))
 
 
+def guard_online_order(store: FeatureStore) -> list[str]:
+    """Make the SQLite online store keep each student's newest value, whatever order writes arrive in.
+
+    Feast's SQLite writer upserts unconditionally: a reading dated t1 pushed after one dated t2 > t1
+    (a late survey, a re-sent batch, a materialization of an older window) would replace the newer
+    value. A trigger on each view's table refuses an update whose event time is older than the stored
+    one (``RAISE(IGNORE)`` skips that row only; an equal time still replaces, so a corrected reading
+    for the same moment wins). It lives in the database, so every writer obeys it: pushes, scheduled and
+    on-demand materialization, any process. The late reading still goes to the history (point-in-time
+    training sees it). Feast's Redis writer already compares event times (it keeps the stored value when
+    the new one is older or equal). Idempotent; returns the tables guarded. Called by ``apply``,
+    ``push`` and ``materialize``.
+    """
+    import sqlite3
+
+    if store.config.online_store.type != "sqlite":
+        return []
+    path = Path(str(store.config.online_store.path))
+    if not path.is_absolute():
+        path = store_root(store) / path
+    if not path.exists():
+        return []
+    guarded = []
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        present = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+        for fv in store.list_feature_views():
+            table = f"{store.project}_{fv.name}"
+            if table not in present:
+                continue
+            with conn:
+                conn.execute(
+                    f'create trigger if not exists "{table}_keep_newest" before update on "{table}" '
+                    "for each row when new.event_ts < old.event_ts begin select raise(ignore); end"
+                )
+            guarded.append(table)
+    return guarded
+
+
 def _layout(store: FeatureStore):  # -> repo.Layout
     from .repo import Layout
 
@@ -215,6 +253,7 @@ def apply(store: FeatureStore, spec: DatasetSpec | None = None) -> list[str]:
         store.apply(definitions(columns, activity, _layout(store)))
     for view, cols in split.items():
         _ensure_history(store, view, cols)
+    guard_online_order(store)
     return list(wanted)
 
 
@@ -366,15 +405,85 @@ def push(store: FeatureStore, rows: pd.DataFrame) -> dict[str, int]:
         frame[JOIN_KEY] = frame[JOIN_KEY].astype(str)
         absent = [c for c in cols if c not in given]
         if absent:
-            latest = online_features(store, frame[JOIN_KEY].tolist(), absent)
-            for c in absent:
-                frame[c] = latest[c].to_numpy()
+            _carry_forward(store, view, frame, absent)
         frame = frame[[JOIN_KEY, TIMESTAMP, *cols]]
         write_history(store, view, frame)
         online = _history_frame(frame, cols, datetime.now(UTC))
-        store.push(push_source_name(view), online, to=PushMode.ONLINE)
+        guard_online_order(store)
+        same = _same_time_on_redis(store, cols[0], online)
+        if same.any():  # first: a newer row of the batch must still win over them
+            with _redis_overwrite(store):
+                store.push(push_source_name(view), online[same], to=PushMode.ONLINE)
+        store.push(push_source_name(view), online[~same], to=PushMode.ONLINE)
         written[view] = len(frame)
     return written
+
+
+def _carry_forward(store: FeatureStore, view: str, frame: pd.DataFrame, absent: list[str]) -> None:
+    """Fill a partial reading's ``absent`` features (in place) with what was known at its event time.
+
+    A reading newer than the student's online value of the view takes the online values (the latest,
+    a cheap read). A late reading (older than the online value: it arrived after a newer one) takes the
+    values of the history as of its own time, point-in-time: carrying the newer online values back
+    into an older history row would let training see them before they were known.
+    """
+    from .repo import JOIN_KEY, TIMESTAMP
+
+    ids = frame[JOIN_KEY].tolist()
+    refs = feature_refs(store, absent)
+    resp = store.get_online_features(features=refs, entity_rows=[{JOIN_KEY: i} for i in ids])
+    latest = pd.DataFrame(resp.to_dict())
+    stamps = dict(zip(resp.proto.metadata.feature_names.val, resp.proto.results, strict=True))[absent[0]]
+    # the view's event time online per student (seconds; NaN: nothing stored) against each reading's
+    online_s = np.array([t.seconds or np.nan for t in stamps.event_timestamps], dtype=float)
+    times = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    late = ~np.isnan(online_s) & (
+        (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() < online_s
+    )
+    for c in absent:
+        frame[c] = latest[c].to_numpy()
+    if late.any():
+        keys = pd.DataFrame(
+            {JOIN_KEY: frame.loc[late, JOIN_KEY].to_numpy(), TIMESTAMP: times[late].to_numpy()}
+        )
+        known = historical_features(store, keys, absent)
+        for c in absent:
+            col = frame[c].astype(object)
+            col[late] = known[c].astype(object).where(known[c].notna(), None).to_numpy()
+            frame[c] = col
+        logger.info(
+            "feature store: %d late reading(s) of %s carried forward point-in-time", int(late.sum()), view
+        )
+
+
+def _same_time_on_redis(store: FeatureStore, feature: str, rows: pd.DataFrame) -> np.ndarray:
+    """Which rows have exactly the event time Redis holds for their student (a second reading of the same
+    moment, e.g. attendance and a survey sent apart). Feast's Redis writer keeps the stored value when
+    the new one is not newer, so these would never reach the online store (SQLite's guard lets an equal
+    time replace). All False for SQLite."""
+    from .repo import JOIN_KEY, TIMESTAMP
+
+    if store.config.online_store.type != "redis" or rows.empty:
+        return np.zeros(len(rows), dtype=bool)
+    ref = feature_refs(store, [feature])
+    resp = store.get_online_features(features=ref, entity_rows=[{JOIN_KEY: i} for i in rows[JOIN_KEY]])
+    stamps = resp.proto.results[list(resp.proto.metadata.feature_names.val).index(feature)].event_timestamps
+    stored = np.array([t.seconds * 1_000_000 + t.nanos // 1000 if t.seconds else -1 for t in stamps])
+    given = pd.to_datetime(rows[TIMESTAMP], utc=True).dt.as_unit("us").astype("int64").to_numpy()
+    return np.asarray(stored == given)
+
+
+@contextlib.contextmanager
+def _redis_overwrite(store: FeatureStore) -> Iterator[None]:
+    """Feast's Redis writer without its event-time check, for rows known to be of the stored time (the
+    check was made just before, under the ingestion lock that keeps other pushers out)."""
+    cfg = store.config.online_store
+    before = cfg.skip_dedup
+    cfg.skip_dedup = True
+    try:
+        yield
+    finally:
+        cfg.skip_dedup = before
 
 
 def _plain(text: str) -> str:
@@ -387,6 +496,7 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> None:
 
     Feast prints its progress to stdout; it is logged instead (services keep stdout for their logs).
     """
+    guard_online_order(store)
     with contextlib.redirect_stdout(io.StringIO()) as said:
         store.materialize_incremental(end_date=end or datetime.now(UTC))
     logger.info("feature store: materialized up to %s (%s)", end or "now", _plain(said.getvalue())[:300])

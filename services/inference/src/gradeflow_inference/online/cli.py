@@ -86,9 +86,18 @@ def cmd_seed(settings: InferenceSettings, args: argparse.Namespace) -> int:
 def cmd_materialize(settings: InferenceSettings, args: argparse.Namespace) -> int:
     from gradeflow_shared.features.store import materialize
 
+    from .journal import WORK_LOCK, FileLock
+
     t0 = time.perf_counter()
     store, spec = _open(settings, args.dataset)
-    materialize(store)
+    lock = FileLock(settings.feature_store_path / WORK_LOCK)  # not while a running inference pushes
+    if not lock.acquire(timeout=300):
+        _say(f"another process held {lock.path} for 300 s: not materialized", sys.stderr)
+        return 1
+    try:
+        materialize(store)
+    finally:
+        lock.release()
     _publish(settings, store, spec)
     _say(f"materialized in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -8,25 +8,36 @@ arrives: inference starts without it). Jobs:
 * materialize: ``features.store.materialize`` (history -> online store, incremental) every
   FEATURE_MATERIALIZE_INTERVAL seconds and on demand (``POST /features/materialize``).
 
+Several processes on one feature store folder (uvicorn workers, replicas sharing the volume) each run
+a Materializer over the same journal. Every job runs under the journal's work lock (``journal.FileLock``,
+an ``flock``), so pending readings are read, pushed and marked pushed by one process at a time: each
+reading is pushed once. The scheduled materialization runs only in the process holding the owner lock
+(the first to take it; the others retry at every tick and take over when its process dies, since the
+kernel then drops its lock). Any process still pushes what it accepted, at once, and polls for readings
+left pending by a process that died (every PUSH_POLL_SECONDS).
+
 What a scrape sees (``stats``): readings pending and the age of the oldest one (the lag between
-acceptance and the online store), the last successful push and materialization, the last error.
+acceptance and the online store), the last successful push and materialization, the last error, and
+whether this process owns the schedule.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 from typing import Any
 
-from .journal import ReadingJournal
+from .journal import OWNER_LOCK, WORK_LOCK, FileLock, ReadingJournal
 
 logger = logging.getLogger(__name__)
 
 PUSH_BATCH = 5000
 PUSH_POLL_SECONDS = 5.0
+LOCK_WAIT_SECONDS = 120.0  # a job waits this long for another process's job; then it is skipped (retried)
 
 
 class Materializer:
@@ -48,6 +59,9 @@ class Materializer:
         self.last_error: str | None = None
         self.pushed = 0
         self.runs = {"ok": 0, "error": 0}
+        folder = journal.path.parent
+        self._work = FileLock(folder / WORK_LOCK)
+        self._owner = FileLock(folder / OWNER_LOCK)
 
     # ------------------------------------------------------------ jobs (worker thread only)
     def _feast(self) -> Any:
@@ -80,7 +94,18 @@ class Materializer:
                 self.pushed += len(items)
             self.last_push_at = time.time()
 
+    def _exclusive(self, what: str) -> bool:
+        """Take the work lock for a job (waiting for another process's job); False when it stayed busy."""
+        if self._work.acquire(LOCK_WAIT_SECONDS, self._stop):
+            return True
+        logger.warning(
+            "feature store %s skipped: another process held %s for %.0fs", what, WORK_LOCK, LOCK_WAIT_SECONDS
+        )
+        return False
+
     def _guarded_push(self) -> int:
+        if not self._exclusive("push"):
+            return 0
         try:
             n = self._push()
             self.last_error = None
@@ -89,11 +114,15 @@ class Materializer:
             self.last_error = f"push: {exc.__class__.__name__}: {exc}"
             logger.exception("pushing readings into the feature store failed (they stay pending)")
             raise
+        finally:
+            self._work.release()
 
     def _materialize(self) -> dict[str, Any]:
         from gradeflow_shared.features.store import materialize
 
         t0 = time.perf_counter()
+        if not self._exclusive("materialization"):
+            raise TimeoutError(f"another process held {WORK_LOCK} for {LOCK_WAIT_SECONDS:.0f}s")
         try:
             materialize(self._feast())
         except Exception as exc:
@@ -101,6 +130,8 @@ class Materializer:
             self.last_error = f"materialize: {exc.__class__.__name__}: {exc}"
             logger.exception("materialization failed")
             raise
+        finally:
+            self._work.release()
         self.runs["ok"] += 1
         self.last_materialized_at = time.time()
         self.last_error = None
@@ -128,9 +159,12 @@ class Materializer:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if not self._owner.held and self._owner.try_acquire():
+                logger.info("this process now runs the feature store's scheduled jobs (pid %d)", os.getpid())
             if time.monotonic() >= next_materialize:
                 next_materialize = time.monotonic() + self.interval
-                self._pool.submit(self._materialize)
+                if self._owner.held:  # one process materializes on schedule; the others only push
+                    self._pool.submit(self._materialize)
             elif (self._push_pending is None or self._push_pending.done()) and self.journal.stats()[
                 "pending"
             ]:
@@ -147,6 +181,7 @@ class Materializer:
         if self._ticker is not None:
             self._ticker.join(10)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._owner.release()
 
     def stats(self) -> dict[str, Any]:
         j = self.journal.stats()
@@ -159,4 +194,5 @@ class Materializer:
             "last_materialized_at": self.last_materialized_at,
             "materializations": dict(self.runs),
             "last_error": self.last_error,
+            "owner": self._owner.held,
         }
