@@ -117,7 +117,12 @@ def start(
         pr.fault(settings, "rollout_start", "decided")
     export_dir: Path = stage_export()
     if active(settings) is not None:
-        end(settings, registry, "aborted", f"superseded by v{version}, a newer challenger approved by the gate")
+        end(
+            settings,
+            registry,
+            "aborted",
+            f"superseded by v{version}, a newer challenger approved by the gate",
+        )
     pr.fault(settings, "rollout_start", "staged")
     ro.point_candidate(settings.models_path, export_dir)
     pr.fault(settings, "rollout_start", "candidate")

@@ -876,7 +876,9 @@ def decide_and_publish(
                             )
                         return staged
 
-                    _, export_dir = pr.publish(settings, registry, intent, stage_then_end_rollout, decide=decide)
+                    _, export_dir = pr.publish(
+                        settings, registry, intent, stage_then_end_rollout, decide=decide
+                    )
             except ExportError as exc:
                 decision = decision.model_copy(
                     update={
@@ -952,8 +954,8 @@ def promote(
         previous = registry.champion_version()
         ongoing = rollout.active(settings)
         if ongoing is not None and action != "rollback" and version == ongoing.candidate_version:
-            ended = rollout.promote(settings, registry, f"manual promote of v{version}: {reason}")
-            return _promotion_result(settings, registry, previous, version, action, ended)
+            finished = rollout.promote(settings, registry, f"manual promote of v{version}: {reason}")
+            return _promotion_result(settings, registry, previous, version, action, finished)
         staged = pr.stage_export(settings, registry, mv, reason)  # before anything changes
         ended = None
         if ongoing is not None:
@@ -997,7 +999,12 @@ def _promotion_result(
     event = [e for e in registry.promotion_events() if e.version == version][-1]
     current = mf.read_current(settings.models_path)
     logger.info(
-        "%s: %s v%s -> v%d (finished rollout %s)", action, registry.model_name, previous, version, ended.rollout_id
+        "%s: %s v%s -> v%d (finished rollout %s)",
+        action,
+        registry.model_name,
+        previous,
+        version,
+        ended.rollout_id,
     )
     return {
         "model_name": registry.model_name,
