@@ -122,11 +122,13 @@ class Compose:
             self.run("logs", "--no-color", "--tail", "200", svc, check=False)
 
 
-def up_wait(compose: Compose, trainer_url: str, timeout: int) -> None:
-    """`up -d --wait`, but give up at once when the first training job fails (inference would
+def up_wait(compose: Compose, trainer_url: str, timeout: int, *extra: str) -> None:
+    """`up -d --wait [extra]`, but give up at once when the first training job fails (inference would
     otherwise stay unhealthy until the wait timeout)."""
     proc = subprocess.Popen(
-        [*compose.base, "up", "-d", "--wait", "--wait-timeout", str(timeout)], cwd=ROOT, env=compose.env
+        [*compose.base, "up", "-d", "--wait", "--wait-timeout", str(timeout), *extra],
+        cwd=ROOT,
+        env=compose.env,
     )
     try:
         while proc.poll() is None:
@@ -449,7 +451,8 @@ def rollout_phase(
     def step(msg: str) -> None:
         log(f"rollout +{time.monotonic() - t0:5.1f}s: {msg}")
 
-    up_wait(new, urls["trainer"], timeout)
+    # only the two services whose settings change, side by side (the images are built already)
+    up_wait(new, urls["trainer"], timeout, "--no-build", "--no-deps", "trainer", "monitor")
     with (
         httpx.Client(base_url=urls["trainer"], timeout=60, headers=auth) as tr,
         httpx.Client(base_url=urls["inference"], timeout=60) as inf,
@@ -467,17 +470,24 @@ def rollout_phase(
             df = synth.generate(100, seed=seed[0], scenario=scenario)
             send_labelled(inf, df, synth.TARGET, batch=50, headers=auth)
 
-        def until(what: str, cond: Any, scenario: str | None, limit: float = 150) -> Any:
-            """Labelled traffic of ``scenario``, 100 rows at a time, until ``cond()`` holds."""
+        def training() -> bool:
+            jobs = tr.get("/jobs").json()
+            items = jobs["items"] if isinstance(jobs, dict) else jobs
+            return any(j.get("state") in ("queued", "running") for j in items)
+
+        def until(what: str, cond: Any, scenario: str | None, limit: float = 300) -> Any:
+            """Labelled traffic of ``scenario``, 100 rows at a time, until ``cond()`` holds; paused while a
+            retrain runs (more rows would only make it slower: they are its training data)."""
 
             def tick() -> Any:
                 got = cond()
                 if got:
                     return got
-                labelled(scenario)
+                if not training():
+                    labelled(scenario)
                 return None
 
-            return wait_for(what, tick, limit, interval=0.1)
+            return wait_for(what, tick, limit, interval=0.2)
 
         def rollout() -> dict[str, Any]:
             return tr.get("/rollout").json()  # type: ignore[no-any-return]
