@@ -79,7 +79,7 @@ compose-up: ## Build and start the platform as containers; returns once a model 
 compose-down: ## Stop the containers (volumes kept; `docker compose down -v` deletes them)
 	docker compose down
 
-compose-test: install ## Container test: build, up --wait, smoke, inference restart, closed loop, always down -v
+compose-test: install ## Container test: build, up --wait, smoke, inference restart, closed loop, store switch, rollout, always down -v
 	$(PY) scripts/compose_test.py $(COMPOSE_TEST_ARGS)
 
 demo: install ## The closed loop told live: drift, retrain, promotion, reload, time to heal (starts the platform if needed; DATASET=uci-por make demo)

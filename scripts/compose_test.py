@@ -17,7 +17,15 @@ drive the platform through its published ports.
    PostgreSQL profile, volumes kept, as a user would by editing .env. MLflow comes back on an empty
    registry while MODEL_DIR still holds the old champion's export; the trainer must withdraw that
    export and train the new registry's first champion, and inference must end up serving exactly that
-   run (version and run id as MLflow's alias says), not the old model under the same version number.
+   run (version and run id as MLflow's alias says), not the old model under the same version number;
+6. progressive delivery (skip with --no-rollout): the running platform brought up again with
+   tests/e2e/compose.rollout.yml (ROLLOUT=shadow+canary, the rollout judged every second; trainer and
+   monitor recreated), then only prediction traffic and its labels, as in tests/e2e/test_rollout.py:
+   drifted traffic -> the monitor retrains -> a challenger in shadow -> a manual POST /rollout/abort
+   (champion untouched, candidate withdrawn); drifted traffic -> a new challenger in shadow -> the labels
+   return to the original relation, on which it is worse -> rolled back by the monitor (reason in the
+   trainer's /rollout, its history and the version's MLflow tags); drifted traffic -> a third challenger
+   -> shadow -> canary -> promoted by the monitor (the registry's alias and inference's model move).
 
 Every service's log is printed on failure, and `docker compose down -v` always runs (also on
 Ctrl-C / SIGTERM). Host ports are picked free, the project name is unique, the images get their own
@@ -26,7 +34,7 @@ yours runs from), and the repository's own .env is not read (a generated env fil
 variables it sets are removed from the environment compose sees, where they would win), so it never
 touches a platform you run yourself.
 
-    python scripts/compose_test.py [--no-build] [--no-loop] [--no-switch] [--postgres] [--keep]
+    python scripts/compose_test.py [--no-build] [--no-loop] [--no-switch] [--no-rollout] [--postgres] [--keep]
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ from gradeflow_testkit.loop import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "tests/e2e/compose.test.yml"]
+ROLLOUT_FILE = ROOT / "tests/e2e/compose.rollout.yml"
+# the synthetic scenario the rollout phase drifts to (as tests/e2e/test_rollout.py)
+DRIFT = "concept_study_hours"
 SERVICES = ["mlflow", "trainer", "inference", "monitor"]
 ALERTS = {
     "GradeflowDataDrift",
@@ -75,10 +86,17 @@ def free_port() -> int:
 
 
 class Compose:
-    def __init__(self, project: str, env_file: Path, profiles: list[str], settings: dict[str, Any]) -> None:
-        self.project = project
+    def __init__(
+        self,
+        project: str,
+        env_file: Path,
+        profiles: list[str],
+        settings: dict[str, Any],
+        extra_files: tuple[Path, ...] = (),
+    ) -> None:
+        self.project, self.env_file, self.profiles, self.settings = project, env_file, profiles, settings
         self.base = ["docker", "compose", "-p", project, "--env-file", str(env_file)]
-        for f in COMPOSE_FILES:
+        for f in [*COMPOSE_FILES, *extra_files]:
             self.base += ["-f", str(f)]
         for p in profiles:
             self.base += ["--profile", p]
@@ -105,11 +123,13 @@ class Compose:
             self.run("logs", "--no-color", "--tail", "200", svc, check=False)
 
 
-def up_wait(compose: Compose, trainer_url: str, timeout: int) -> None:
-    """`up -d --wait`, but give up at once when the first training job fails (inference would
+def up_wait(compose: Compose, trainer_url: str, timeout: int, *extra: str) -> None:
+    """`up -d --wait [extra]`, but give up at once when the first training job fails (inference would
     otherwise stay unhealthy until the wait timeout)."""
     proc = subprocess.Popen(
-        [*compose.base, "up", "-d", "--wait", "--wait-timeout", str(timeout)], cwd=ROOT, env=compose.env
+        [*compose.base, "up", "-d", "--wait", "--wait-timeout", str(timeout), *extra],
+        cwd=ROOT,
+        env=compose.env,
     )
     try:
         while proc.poll() is None:
@@ -445,6 +465,164 @@ def restart_inference(compose: Compose, urls: dict[str, str]) -> None:
         assert after_rows == rows, (rows, after_rows)
 
 
+def rollout_phase(
+    old: Compose, urls: dict[str, str], token: str, mlflow_password: str, timeout: int
+) -> Compose:
+    """Progressive delivery in the containers, decided by the monitor on live labels (see the module
+    docstring, step 6). Returns the compose of the reconfigured platform."""
+    from gradeflow_shared import synth
+    from gradeflow_testkit.loop import send_labelled
+
+    auth = {"Authorization": f"Bearer {token}"}
+    new = Compose(old.project, old.env_file, old.profiles, old.settings, (ROLLOUT_FILE,))
+    t0 = time.monotonic()
+
+    def step(msg: str) -> None:
+        log(f"rollout +{time.monotonic() - t0:5.1f}s: {msg}")
+
+    # only the two services whose settings change, side by side (the images are built already)
+    up_wait(new, urls["trainer"], timeout, "--no-build", "--no-deps", "trainer", "monitor")
+    with (
+        httpx.Client(base_url=urls["trainer"], timeout=60, headers=auth) as tr,
+        httpx.Client(base_url=urls["inference"], timeout=60) as inf,
+        httpx.Client(base_url=urls["mlflow"], timeout=30, auth=(MLFLOW_USER, mlflow_password)) as ml,
+    ):
+        mode = tr.get("/rollout").json()
+        assert mode["mode"] == "shadow+canary" and not mode["active"], mode
+        v1 = int(tr.get("/model").json()["version"])
+        wait_for(f"inference to serve v{v1}", lambda: int(inf.get("/model").json()["version"]) == v1, 60)
+        step(f"`up --wait` with {ROLLOUT_FILE.name}: ROLLOUT=shadow+canary, champion v{v1}")
+        seed = [2000]
+
+        def labelled(scenario: str | None) -> None:
+            seed[0] += 1
+            df = synth.generate(100, seed=seed[0], scenario=scenario)
+            send_labelled(inf, df, synth.TARGET, batch=50, headers=auth)
+
+        def training() -> bool:
+            jobs = tr.get("/jobs").json()
+            items = jobs["items"] if isinstance(jobs, dict) else jobs
+            return any(j.get("state") in ("queued", "running") for j in items)
+
+        def until(what: str, cond: Any, scenario: str | None, limit: float = 300) -> Any:
+            """Labelled traffic of ``scenario``, 100 rows at a time, until ``cond()`` holds; paused while a
+            retrain runs (more rows would only make it slower: they are its training data)."""
+
+            def tick() -> Any:
+                got = cond()
+                if got:
+                    return got
+                if not training():
+                    labelled(scenario)
+                return None
+
+            return wait_for(what, tick, limit, interval=0.2)
+
+        def rollout() -> dict[str, Any]:
+            return tr.get("/rollout").json()  # type: ignore[no-any-return]
+
+        def challenger(not_version: int | None = None) -> dict[str, Any] | None:
+            """The rollout in progress once its candidate is not ``not_version`` (any stage: a decided
+            shadow may already have moved on)."""
+            r = rollout()
+            ro = r["rollout"]
+            return ro if r["active"] and ro["candidate_version"] != not_version else None
+
+        def recorded(version: int) -> dict[str, Any] | None:
+            ro = rollout()["rollout"]
+            return ro if ro and ro["candidate_version"] == version and ro["recorded"] else None
+
+        def champion_untouched(version: int) -> None:
+            assert int(tr.get("/model").json()["version"]) == version
+            champion = registry_champion(urls["mlflow"], mlflow_password)
+            assert champion is not None and champion[0] == version, champion
+            wait_for(
+                f"inference to drop the candidate and serve v{version}",
+                lambda: (
+                    not inf.get("/rollout").json()["active"]
+                    and int(inf.get("/model").json()["version"]) == version
+                ),
+                60,
+                interval=0.5,
+            )
+
+        def tags(version: int) -> dict[str, str]:
+            r = ml.get(
+                "/api/2.0/mlflow/model-versions/get",
+                params={"name": "student-grade", "version": str(version)},
+            )
+            r.raise_for_status()
+            return {t["key"]: t["value"] for t in r.json()["model_version"].get("tags", [])}
+
+        # c. drifted traffic -> the monitor retrains -> a challenger in shadow; the traffic stops (no labels,
+        # no decision) and an admin aborts it by hand
+        ro = until("a challenger in shadow", challenger, DRIFT)
+        va = int(ro["candidate_version"])
+        assert int(ro["champion_version"]) == v1, ro
+        step(
+            f"drifted traffic -> the monitor retrained -> v{va} in {ro['stage']} next to v{v1}; traffic stops"
+        )
+        r = tr.post("/rollout/abort", json={"reason": "compose-test: manual abort"})
+        assert r.status_code == 200, r.text
+        ro = r.json()["rollout"]
+        assert (ro["candidate_version"], ro["decision"], r.json()["active"]) == (va, "aborted", False), ro
+        champion_untouched(v1)
+        last = tr.get("/history").json()[-1]
+        assert (last["action"], last["version"]) == ("rollout_abort", va) and "manual abort" in last["reason"]
+        assert tags(va)["rollout.decision"] == "aborted", tags(va)
+        step(f"manual POST /rollout/abort: v{va} aborted and withdrawn, v{v1} still champion and served")
+
+        # b. drifted traffic -> a new challenger; then the labels follow the original relation, on which it is
+        # worse -> the monitor rolls it back
+        ro = until("a new challenger in shadow", lambda: challenger(va), DRIFT)
+        vb = int(ro["candidate_version"])
+        step(f"drifted traffic -> retrained -> v{vb} in {ro['stage']}")
+        ro = until("the worse challenger rolled back", lambda: recorded(vb), None)
+        assert ro["decision"] == "rolled_back" and "worse" in ro["reason"], ro
+        assert ro["evidence"]["high"] < 0, ro["evidence"]
+        champion_untouched(v1)
+        last = tr.get("/history").json()[-1]
+        assert (last["action"], last["version"]) == ("rollout_rollback", vb), last
+        assert "worse" in last["reason"] and last["reason"].startswith("monitor:"), last
+        t = tags(vb)
+        assert t["rollout.decision"] == "rolled_back" and "worse" in t["rollout.reason"], t
+        step(
+            f"original-relation labels -> v{vb} rolled back by the monitor on {ro['evidence'].get('n')} "
+            f"comparisons ({ro['reason'][:120]}...); v{v1} champion and served; history and MLflow tags agree"
+        )
+
+        # a. drifted traffic -> a third challenger -> shadow -> canary -> promoted, by itself
+        ro = until("a third challenger in shadow", lambda: challenger(vb), DRIFT)
+        vc = int(ro["candidate_version"])
+        step(f"drifted traffic -> retrained -> v{vc} in {ro['stage']}")
+        seen = {ro["stage"]}
+
+        def promoted() -> dict[str, Any] | None:
+            r = rollout()
+            now = r["rollout"]
+            if r["active"] and now["stage"] not in seen:
+                seen.add(now["stage"])
+                step(f"v{vc} passed shadow -> {now['stage']}")
+            return recorded(vc)
+
+        ro = until("the promotion", promoted, DRIFT)
+        assert ro["decision"] == "promoted", ro
+        champion = registry_champion(urls["mlflow"], mlflow_password)
+        assert champion is not None and champion[0] == vc, champion
+        assert int(tr.get("/model").json()["version"]) == vc
+        wait_for(f"inference to serve v{vc}", lambda: int(inf.get("/model").json()["version"]) == vc, 60)
+        events = [e for e in tr.get("/history").json() if e["version"] == vc]
+        actions = [e["action"] for e in events]
+        assert actions == ["rollout_start", "rollout_stage", "rollout_promote"], actions
+        # the stage change and the promotion were the monitor's, not a call of ours
+        assert all(e["reason"].startswith("monitor:") for e in events[1:]), events
+        assert tags(vc)["rollout.decision"] == "promoted"
+        step(
+            f"v{vc} promoted by the monitor: registry alias and inference on v{vc} ({ro['reason'][:120]}...)"
+        )
+    return new
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-build", action="store_true", help="use the images as they are")
@@ -455,6 +633,11 @@ def main() -> int:
         "--no-switch",
         action="store_true",
         help="skip the SQLite -> PostgreSQL switch of the running platform (volumes kept)",
+    )
+    ap.add_argument(
+        "--no-rollout",
+        action="store_true",
+        help="skip the progressive-delivery phase (abort, automatic rollback, automatic promotion)",
     )
     ap.add_argument(
         "--postgres", action="store_true", help="profile postgres: MLflow, log and monitor in PostgreSQL"
@@ -562,6 +745,10 @@ def main() -> int:
             t = time.monotonic()
             compose = switch_to_postgres(compose, env, env_file, urls, mlflow_password, args.wait_timeout)
             timings["switch to postgres"] = time.monotonic() - t
+        if not args.no_rollout:
+            t = time.monotonic()
+            compose = rollout_phase(compose, urls, token, mlflow_password, args.wait_timeout)
+            timings["rollout"] = time.monotonic() - t
         ok = True
     except (Exception, KeyboardInterrupt) as exc:
         log(f"FAILED: {type(exc).__name__}: {exc}")

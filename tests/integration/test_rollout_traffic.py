@@ -5,8 +5,10 @@ the automatic ones are in tests/e2e/test_rollout.py). ROLLOUT=shadow+canary, PRO
 that a retrain on the same data (no labelled rows: the base data alone) is approved and enters the rollout. The story: v1 champion -> retrain: v2 in
 shadow (shadow predictions logged against the same request ids) -> canary (sticky by X-Rollout-Key; the
 candidate answers its share) -> manual abort (v1 untouched, v2 withdrawn, the reason in /rollout and the
-history) -> retrain: v3 in shadow -> canary -> manual promote (v3 champion, served). Meanwhile 16 threads
-send single-record requests; every answer must be 2xx.
+history) -> retrain: v3 in shadow -> canary -> manual promote (v3 champion, served) -> retrain: v4 in shadow
+-> a manual ``POST /rollback`` (v4 aborted "by manual rollback", champion back to v1) -> retrain v5 in shadow
+-> retrain v6 (v5 superseded) -> a manual ``POST /promote`` of v6 (the rollout finished as promoted).
+Meanwhile 16 threads send single-record requests; every answer must be 2xx.
 """
 
 from __future__ import annotations
@@ -180,11 +182,68 @@ def test_stage_transitions_under_16_clients(platform: Urls) -> None:
             f"inference to serve v{v3}", lambda: int(inf.get("/model").json()["version"]) == v3, timeout=60
         )
         assert tr.get("/model").json()["version"] == v3
+
+        # a manual champion change during a rollout ends the rollout first, as one step:
+        # rollback while v4 is in shadow -> v4 aborted (reason recorded), champion back to v1
+        v4 = int(_retrain(tr)["result"]["version"])
+        wait_for(
+            "inference to load v4",
+            lambda: (_served(inf)["rollout"] or {}).get("candidate_version") == v4,
+            timeout=60,
+        )
+        rb = tr.post("/rollback", json={"reason": "rollback during a rollout"})
+        assert rb.status_code == 200, rb.text
+        assert (rb.json()["version"], rb.json()["previous_version"]) == (v1, v3), rb.json()
+        ended = rb.json()["rollout"]
+        assert (ended["candidate_version"], ended["decision"]) == (v4, "aborted"), ended
+        assert ended["reason"].startswith(f"aborted by manual rollback to v{v1}"), ended
+        ro = tr.get("/rollout").json()
+        assert not ro["active"] and ro["rollout"]["reason"] == ended["reason"], ro
+        assert [(e["action"], e["version"]) for e in tr.get("/history").json()[-2:]] == [
+            ("rollout_abort", v4),
+            ("rollback", v1),
+        ]
+        tags = _mlflow_tags(platform, v4)
+        assert tags["rollout.decision"] == "aborted" and "manual rollback" in tags["rollout.reason"], tags
+        wait_for("inference to drop v4 and serve v1", lambda: _serving(inf) == (v1, False), timeout=60)
+
+        # a retrain during a rollout supersedes it; a manual /promote of the candidate finishes it
+        v5 = int(_retrain(tr)["result"]["version"])
+        v6 = int(_retrain(tr)["result"]["version"])
+        old = [e for e in tr.get("/history").json() if e["version"] == v5][-1]
+        assert old["action"] == "rollout_abort" and f"superseded by v{v6}" in old["reason"], old
+        assert tr.get("/rollout").json()["rollout"]["candidate_version"] == v6
+        wait_for(
+            "inference to load v6",
+            lambda: (_served(inf)["rollout"] or {}).get("candidate_version") == v6,
+            timeout=60,
+        )
+        pm = tr.post("/promote", json={"version": v6, "reason": "promote the candidate by hand"})
+        assert pm.status_code == 200, pm.text
+        assert pm.json()["rollout"]["decision"] == "promoted", pm.json()
+        assert pm.json()["event"]["action"] == "rollout_promote", pm.json()
+        assert tr.get("/model").json()["version"] == v6 and not tr.get("/rollout").json()["active"]
+        wait_for(f"inference to serve v{v6} alone", lambda: _serving(inf) == (v6, False), timeout=60)
         time.sleep(1.0)
     print(f"rollout traffic: {load.sent} requests, arms {load.arms}, failures {len(load.failures)}")
     assert load.sent > 500
     assert load.failures == [], load.failures[:5]
     assert load.arms.get("candidate", 0) + load.arms.get("mixed", 0) > 0  # the canary really answered
+
+
+def _serving(inf: httpx.Client) -> tuple[int, bool]:
+    """(the version inference serves, whether it still holds a candidate)."""
+    return int(inf.get("/model").json()["version"]), bool(_served(inf)["active"])
+
+
+def _mlflow_tags(platform: Urls, version: int) -> dict[str, str]:
+    r = httpx.get(
+        f"{platform.mlflow}/api/2.0/mlflow/model-versions/get",
+        params={"name": "student-grade", "version": str(version)},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return {t["key"]: t["value"] for t in r.json()["model_version"].get("tags", [])}
 
 
 def _find(inf: httpx.Client, rid: str, version: int) -> dict[str, Any] | None:

@@ -173,3 +173,110 @@ def test_crash_while_ending_then_repair(settings: TrainerSettings, op: str, step
     assert cur is not None and cur[1].version == want
     actions = [e.action for e in reg.promotion_events()]
     assert actions.count("rollout_promote" if op == "promote" else "rollout_rollback") == 1
+
+
+# ------------------------------------------------------------------ manual champion changes during a rollout
+def two_champions_then_rollout(settings: TrainerSettings, reg: InMemoryRegistry) -> sro.RolloutState:
+    """v1 then v2 champions (promoted directly), then v3 in a rollout next to v2."""
+    direct = settings.model_copy(update={"rollout": "direct"})
+    train(direct, reg)
+    train(direct, reg)
+    assert reg.champion_version() == 2 and rollout.active(settings) is None
+    train(settings, reg)
+    state = rollout.active(settings)
+    assert state is not None and (state.candidate_version, state.champion_version) == (3, 2)
+    return state
+
+
+def served(settings: TrainerSettings) -> int:
+    cur = mf.read_current(settings.models_path)
+    assert cur is not None
+    return cur[1].version
+
+
+def test_manual_promote_of_another_version_supersedes_the_rollout(settings: TrainerSettings) -> None:
+    reg = InMemoryRegistry()
+    two_champions_then_rollout(settings, reg)
+    out = service.promote(settings, 1, reason="back to the first", registry=reg)
+    assert (out["version"], out["previous_version"], out["action"]) == (1, 2, "promote")
+    ended = out["rollout"]
+    assert ended["decision"] == "aborted" and ended["recorded"] and ended["candidate_version"] == 3
+    assert ended["reason"] == "superseded by manual promote of v1: back to the first"
+    assert rollout.active(settings) is None and candidate_of(settings) is None
+    assert reg.champion_version() == 1 and served(settings) == 1
+    events = reg.promotion_events()
+    assert [(e.action, e.version) for e in events[-2:]] == [("rollout_abort", 3), ("promote", 1)]
+    assert "superseded by manual promote of v1" in events[-2].reason
+    assert reg.version(3).tags["rollout.decision"] == "aborted"
+    assert "superseded by manual promote of v1" in reg.version(3).tags["rollout.reason"]
+    assert hist.champion_stack(events) == [1, 2, 1]
+
+
+def test_manual_promote_of_the_candidate_finishes_the_rollout(settings: TrainerSettings) -> None:
+    reg = InMemoryRegistry()
+    two_champions_then_rollout(settings, reg)
+    out = service.promote(settings, 3, reason="looks good", registry=reg)
+    assert (out["version"], out["previous_version"]) == (3, 2)
+    assert out["rollout"]["decision"] == "promoted" and "manual promote of v3" in out["rollout"]["reason"]
+    assert out["event"]["action"] == "rollout_promote" and out["event"]["version"] == 3
+    assert reg.champion_version() == 3 and served(settings) == 3 and candidate_of(settings) is None
+    assert [e.action for e in reg.promotion_events()].count("rollout_promote") == 1
+    assert reg.version(3).tags["rollout.decision"] == "promoted"
+
+
+def test_manual_rollback_aborts_the_rollout_then_rolls_back(settings: TrainerSettings) -> None:
+    reg = InMemoryRegistry()
+    two_champions_then_rollout(settings, reg)
+    out = service.rollback(settings, reason="v2 misbehaves", registry=reg)
+    assert (out["version"], out["previous_version"], out["action"]) == (1, 2, "rollback")
+    assert out["rollout"]["decision"] == "aborted"
+    assert out["rollout"]["reason"] == "aborted by manual rollback to v1: v2 misbehaves"
+    assert reg.champion_version() == 1 and served(settings) == 1 and candidate_of(settings) is None
+    events = reg.promotion_events()
+    assert [(e.action, e.version) for e in events[-2:]] == [("rollout_abort", 3), ("rollback", 1)]
+    assert reg.version(3).tags["rollout.decision"] == "aborted"
+
+
+def test_manual_promote_that_fails_leaves_the_rollout_running(settings: TrainerSettings) -> None:
+    from gradeflow_shared.errors import NotFound
+
+    reg = InMemoryRegistry()
+    state = two_champions_then_rollout(settings, reg)
+    with pytest.raises(NotFound):
+        service.promote(settings, 99, registry=reg)
+    assert rollout.active(settings) == state and candidate_of(settings) == (3, reg.version(3).run_id)
+    assert reg.champion_version() == 2
+
+
+def test_promote_without_a_rollout_answers_no_rollout(settings: TrainerSettings) -> None:
+    reg = InMemoryRegistry()
+    train(settings, reg)
+    train(settings.model_copy(update={"rollout": "direct"}), reg)
+    out = service.promote(settings, 1, registry=reg)
+    assert out["rollout"] is None and reg.champion_version() == 1
+
+
+def test_retrain_during_a_rollout_supersedes_it(settings: TrainerSettings) -> None:
+    reg = InMemoryRegistry()
+    first = two_champions_then_rollout(settings, reg)
+    train(settings, reg)  # v4 approved: a new rollout replaces the one of v3
+    old = [e for e in reg.promotion_events() if e.version == 3][-1]
+    assert old.action == "rollout_abort" and "superseded by v4" in old.reason
+    state = rollout.active(settings)
+    assert state is not None and state.rollout_id != first.rollout_id
+    assert (state.candidate_version, state.champion_version) == (4, 2)
+    assert candidate_of(settings) == (4, reg.version(4).run_id) and reg.champion_version() == 2
+
+
+def test_direct_retrain_during_a_rollout_ends_it(settings: TrainerSettings) -> None:
+    """ROLLOUT switched to direct (a restart) while a rollout runs: the next approved challenger is
+    promoted at once and the rollout is recorded as superseded, not left to expire."""
+    reg = InMemoryRegistry()
+    two_champions_then_rollout(settings, reg)
+    train(settings.model_copy(update={"rollout": "direct"}), reg)
+    assert reg.champion_version() == 4 and served(settings) == 4
+    assert rollout.active(settings) is None and candidate_of(settings) is None
+    ended = rollout.read(settings)
+    assert ended is not None and ended.decision == "aborted" and ended.recorded
+    assert "superseded by v4" in ended.reason and "ROLLOUT=direct" in ended.reason
+    assert reg.version(3).tags["rollout.decision"] == "aborted"

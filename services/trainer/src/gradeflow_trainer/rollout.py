@@ -107,10 +107,8 @@ def start(
 ) -> tuple[ro.RolloutState, Path]:
     """Put ``version`` under rollout next to the champion (the caller holds the champion lock).
 
-    A rollout still in progress is ended first (aborted: superseded by this challenger)."""
-    old = active(settings)
-    if old is not None:
-        end(settings, registry, "aborted", f"superseded by v{version}")
+    A rollout still in progress is ended (aborted: superseded by this challenger) once the challenger's
+    export is staged, so a challenger whose export fails leaves it running."""
     champ = registry.champion_version()
     champ_run = registry.version(champ).run_id if champ is not None else None
     stages = ro.planned_stages(settings.rollout)
@@ -118,6 +116,13 @@ def start(
         decide()
         pr.fault(settings, "rollout_start", "decided")
     export_dir: Path = stage_export()
+    if active(settings) is not None:
+        end(
+            settings,
+            registry,
+            "aborted",
+            f"superseded by v{version}, a newer challenger approved by the gate",
+        )
     pr.fault(settings, "rollout_start", "staged")
     ro.point_candidate(settings.models_path, export_dir)
     pr.fault(settings, "rollout_start", "candidate")

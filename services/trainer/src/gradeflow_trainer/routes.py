@@ -44,6 +44,11 @@ class PromotionResult(BaseModel):
     action: str = Field(description="promote or rollback.")
     export_dir: str = Field(description="The export MODEL_DIR/current now points at.")
     event: PromotionEvent
+    rollout: dict[str, Any] | None = Field(
+        default=None,
+        description="The rollout this change ended (it was in progress): its decision and reason; "
+        "None when no rollout was in progress.",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -185,7 +190,9 @@ def job(job_id: JobId, runner: Runner) -> Job:
     "/promote",
     summary="Make a version the champion (admin)",
     description="Exports the version (its kept export, else rebuilt from MLflow), moves the champion alias "
-    "and records the promotion; inference reloads by itself.",
+    "and records the promotion; inference reloads by itself. A rollout in progress ends first: promoting its "
+    "candidate finishes it as promoted; promoting any other version aborts it (superseded by the manual "
+    "promote, candidate withdrawn). The ended rollout is in the answer's `rollout`.",
     response_model=PromotionResult,
     dependencies=Admin,
     responses=errors(401, 404, 422, 500, 502),
@@ -197,7 +204,9 @@ async def promote(body: PromoteRequest, settings: Settings, registry: RegistryDe
 @router.post(
     "/rollback",
     summary="Return to the previous champion (admin)",
-    description="Undoes the last promotion (following the promotion history, rollbacks included).",
+    description="Undoes the last promotion (following the promotion history, rollbacks included). A rollout "
+    "in progress is aborted first (candidate withdrawn; the answer's `rollout` shows it); to stop only the "
+    "rollout and keep the champion, use POST /rollout/abort.",
     response_model=PromotionResult,
     dependencies=Admin,
     responses=errors(401, 409, 422, 500, 502),

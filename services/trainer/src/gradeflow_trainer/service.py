@@ -861,7 +861,24 @@ def decide_and_publish(
                         decide=decide,
                     )
                 else:
-                    _, export_dir = pr.publish(settings, registry, intent, stage, decide=decide)
+
+                    def stage_then_end_rollout() -> Path:
+                        # ROLLOUT=direct now, a rollout still in progress (started before a restart with
+                        # another ROLLOUT): it ends once the new champion's export is staged
+                        staged = stage()
+                        if rollout.active(settings) is not None:
+                            rollout.end(
+                                settings,
+                                registry,
+                                "aborted",
+                                f"superseded by v{version}, approved by the gate and promoted directly "
+                                f"(ROLLOUT={settings.rollout})",
+                            )
+                        return staged
+
+                    _, export_dir = pr.publish(
+                        settings, registry, intent, stage_then_end_rollout, decide=decide
+                    )
             except ExportError as exc:
                 decision = decision.model_copy(
                     update={
@@ -924,12 +941,30 @@ def promote(
     registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Make ``version`` the champion (``promotion.publish``: intent, export, alias, event, current,
-    marker)."""
+    marker).
+
+    A rollout in progress is ended first, under the same lock: a manual promotion of its candidate
+    finishes it as promoted (``rollout.promote``); any other promotion or a rollback aborts it (reason
+    ``superseded by manual promote of vN`` / ``aborted by manual rollback to vN``, candidate withdrawn)
+    once the target's export is staged, so a version that cannot be exported ends nothing."""
     registry = registry or mlflow_registry(settings)
     pr.wait_reconciled(settings)
     with CHAMPION_LOCK:
         mv = registry.version(version)  # NotFound -> 404
         previous = registry.champion_version()
+        ongoing = rollout.active(settings)
+        if ongoing is not None and action != "rollback" and version == ongoing.candidate_version:
+            finished = rollout.promote(settings, registry, f"manual promote of v{version}: {reason}")
+            return _promotion_result(settings, registry, previous, version, action, finished)
+        staged = pr.stage_export(settings, registry, mv, reason)  # before anything changes
+        ended = None
+        if ongoing is not None:
+            why = (
+                f"aborted by manual rollback to v{version}"
+                if action == "rollback"
+                else f"superseded by manual promote of v{version}"
+            )
+            ended = rollout.end(settings, registry, "aborted", f"{why}: {reason}")
         intent = pr.Intent(
             op="rollback" if action == "rollback" else "promote",
             action="rollback" if action == "rollback" else "promote",
@@ -939,9 +974,7 @@ def promote(
             to_run_id=mv.run_id,
             reason=reason,
         )
-        event, export_dir = pr.publish(
-            settings, registry, intent, lambda: pr.stage_export(settings, registry, mv, reason)
-        )
+        event, export_dir = pr.publish(settings, registry, intent, lambda: staged)
     logger.info("%s: %s v%s -> v%d (%s)", action, registry.model_name, previous, version, reason)
     return {
         "model_name": registry.model_name,
@@ -950,6 +983,37 @@ def promote(
         "action": action,
         "export_dir": str(export_dir),
         "event": event.model_dump(mode="json"),
+        "rollout": ended.model_dump(mode="json") if ended is not None else None,
+    }
+
+
+def _promotion_result(
+    settings: TrainerSettings,
+    registry: Registry,
+    previous: int | None,
+    version: int,
+    action: str,
+    ended: Any,
+) -> dict[str, Any]:
+    """The answer of a manual promotion that finished a rollout (its event is the rollout's promotion)."""
+    event = [e for e in registry.promotion_events() if e.version == version][-1]
+    current = mf.read_current(settings.models_path)
+    logger.info(
+        "%s: %s v%s -> v%d (finished rollout %s)",
+        action,
+        registry.model_name,
+        previous,
+        version,
+        ended.rollout_id,
+    )
+    return {
+        "model_name": registry.model_name,
+        "version": version,
+        "previous_version": previous,
+        "action": action,
+        "export_dir": str(current[0]) if current is not None else "",
+        "event": event.model_dump(mode="json"),
+        "rollout": ended.model_dump(mode="json"),
     }
 
 
