@@ -562,9 +562,11 @@ def report(
         lines += [
             "## Durable acknowledgement (LOG_DURABLE_ACK=true) vs the default",
             "",
-            "'ours-durable' answers a prediction only after its log row is committed (requests waiting at "
-            "the same moment share one commit); 'ours' answers once the row is queued (a SIGKILL can lose "
-            "the queued rows; they are counted on restart). Same in-turns method as above, batch 1.",
+            "'ours-durable' answers a prediction only once its log row is on the data volume (the rows of "
+            "the requests of one event-loop turn appended to the log's journal in one write; the database "
+            "commit follows on the writer thread, a restart replays the journal of a killed process); 'ours' "
+            "answers once the row is queued (a SIGKILL can lose the queued rows; they are counted on "
+            "restart). Same in-turns method as above, batch 1.",
             "",
             "| batch | conc | durable, req/s per round | default, req/s per round | medians durable / default "
             "| cost |",
