@@ -61,6 +61,10 @@ def schemathesis_cmd(base_url: str, token: str, seed: int, max_examples: int, re
         f"Authorization: Bearer {token}",
         "--request-timeout",
         "30",
+        # promote and rollback export a real model (seconds; 18 s seen on a slow shared machine): the
+        # response-time check allows what the request timeout allows, not its 10 s default
+        "--max-response-time",
+        "30",
         "--generation-database",
         "none",
         "--no-color",
